@@ -1,0 +1,33 @@
+# The two commands of the README. Both work on a fresh machine with Python 3.10+ and the package
+# registries: they create .venv on first use and install the exact pins of requirements.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: book test venv table clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+## make book: execute every chapter with its default parameters on the embedded default, build _build/html
+book: venv
+	$(BIN)/jupyter-book build . -W --keep-going
+	$(BIN)/python -m crosscoder_lib.results
+	@echo "The book is in _build/html/index.html"
+
+## make test: the whole test suite (library, every chapter in FAST mode, the book build, the browser check)
+test: venv
+	-bash scripts/install_chromium.sh
+	$(BIN)/python -m pytest -q -ra
+
+## make table: regenerate the README's reproduction table from book/results/*.json
+table: venv
+	$(BIN)/python -m crosscoder_lib.results
+
+clean:
+	rm -rf _build

@@ -1,0 +1,84 @@
+"""The book builds from the chapters' FAST executions, renders math and widgets offline in a browser,
+and a failing cell fails the build."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from notebooks import ROOT, build_book, stage_book, toc_notebooks
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def built_book(fast_execution, tmp_path_factory) -> Path:
+    executed = {}
+    for notebook in toc_notebooks():
+        run = fast_execution(notebook)
+        if run.error is not None:
+            pytest.fail(f"cannot build the book: {notebook} failed under papermill: {run.error}")
+        executed[notebook] = run.executed
+    source = stage_book(tmp_path_factory.mktemp("book_src"), executed)
+    proc = build_book(source)
+    assert proc.returncode == 0, f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return source / "_build" / "html"
+
+
+def test_every_chapter_is_built(built_book):
+    for notebook in toc_notebooks():
+        page = built_book / notebook.with_suffix(".html")
+        assert page.is_file(), f"{page} missing from the built book"
+        assert "Traceback" not in page.read_text(), f"{page} shows a traceback"
+
+
+def test_pages_load_nothing_from_a_cdn(built_book):
+    for page in built_book.rglob("*.html"):
+        html = page.read_text()
+        for src in re.findall(r"<script[^>]+src=\"([^\"]+)\"", html):
+            assert not src.startswith(("http://", "https://", "//")), f"{page.name} loads {src} from the network"
+        for tag in re.findall(r"<script[^>]*embed-amd\.js[^>]*>", html):
+            assert "crossorigin" not in tag, f"{page.name}: the widget script's crossorigin attribute breaks file://"
+
+
+def _dom(page: Path) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=180)
+    return proc.stdout
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: install Debian's 'chromium' package "
+                    "(as root: apt-get install chromium), or run `make test`, which installs it where it can")
+def test_math_is_typeset_and_widgets_render_offline(built_book):
+    page = built_book / "book" / "chapters" / "00_why_features_interact.html"
+    dom = _dom(page)
+    assert dom.count("<mjx-container") >= 5, "MathJax did not typeset the chapter's math"
+    assert "widget-slider" in dom, "the ipywidgets slider did not render"
+
+
+def test_a_failing_cell_fails_the_book_build(tmp_path):
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Broken"), nbformat.v4.new_code_cell("1 / 0")]
+    nbformat.write(nb, tmp_path / "book" / "broken.ipynb")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/broken\n")
+    (tmp_path / "book" / "references.bib").write_text((ROOT / "book" / "references.bib").read_text())
+    shutil.copytree(ROOT / "book" / "offline", tmp_path / "book" / "offline")
+    proc = build_book(tmp_path)
+    assert proc.returncode != 0, "a notebook with a failing cell must fail the build"
+    assert "ZeroDivisionError" in proc.stdout + proc.stderr
