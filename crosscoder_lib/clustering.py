@@ -51,7 +51,8 @@ def _unpack_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
             f"codes must be a SparseCodes (with .idx_BK and .val_BK) or a pair (idx_BK, val_BK); "
             f"got {type(codes).__name__}"
         )
-    idx_BK, val_BK = torch.as_tensor(idx_BK), torch.as_tensor(val_BK)
+    # analysis only: never carry the crosscoder's graph into counts and rankings
+    idx_BK, val_BK = torch.as_tensor(idx_BK), torch.as_tensor(val_BK).detach()
     if idx_BK.shape != val_BK.shape or idx_BK.ndim != 2:
         raise ValueError(
             f"codes.idx_BK and codes.val_BK must both be [B, K]; got {tuple(idx_BK.shape)} and "
