@@ -1,0 +1,426 @@
+"""Feature interactions inside MLPs: contributions, dominant share, penalty, matrix, token scores.
+
+SPEC §3. For block ``l``, token ``t``, neuron ``n`` and feature ``v`` active at ``t``, the
+**per-feature pre-activation contribution** is
+
+    p[l, t, n, v] = a[t, v] · G_l[v, n],      G_l = W_dec[:, slot(l)] @ W_in_l   ([H, N])
+
+(``slot(l)`` is the MLP-input hookpoint, ``ln2.hook_normalized``) and the neuron's pre-activation is
+``z[l, t, n] = Σ_v p[l, t, n, v] + β_l[n]`` with ``β_l = b_dec[slot(l)] @ W_in_l + b_in_l``. The
+bias ``β`` is *not* a feature and is never counted as one. The **dominant feature** of ``(l, t, n)``
+is ``i = argmax_v |p[l, t, n, v]|``.
+
+Conventions used by every function here:
+
+- Codes are read duck-typed: any object with ``idx_BK`` (long feature ids of a token's active
+  slots) and ``val_BK`` (their activations; exactly 0 in padded slots). A padded slot is never a
+  feature: it adds nothing to any sum, can never be chosen as a dropped or kept feature, and its
+  index is never read.
+- Everything is computed over each token's active slots only: memory ``O(T·K·N)`` (in chunks of
+  tokens, so a few MB at a time), never ``O(T·N·H)``. ``G_l`` is formed once per call.
+- Ties in ``argmax_v |p|`` go to the lowest slot (the order of ``idx_BK``; TopK orders slots by
+  activation, so the larger activation wins). When every contribution of ``(l, t, n)`` is zero
+  (a token with no active feature) the dominant slot is slot 0, which contributes nothing.
+- The dominant share of such an ``(l, t, n)``, where ``Σ_v |p| = 0``, is defined as 1: the neuron
+  sees no feature, so the feature-wise explanation is exact there (interaction term 0).
+- Weights ``w_ln = ‖W_out[l][n]‖`` turn a pre-activation error into a residual-stream error bound
+  (SPEC §3's bound); the pairwise matrix and token scores always use them, the penalty optionally.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal, NamedTuple
+
+import torch
+
+from crosscoder_lib.mlp import MLPWeights
+
+PENALTY_FORMS = ("unweighted", "weighted")
+
+# Elements of one [tokens, slots, neurons] work buffer: 2M floats (8 MB) keeps a chunk in cache.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+class InteractionStats(NamedTuple):
+    """What the trainer adds to its loss and logs (:func:`interaction_penalty`)."""
+
+    penalty: torch.Tensor
+    """Scalar ``L_int``, differentiable through ``codes.val_BK`` and ``W_dec_LHD``."""
+    dominant_share: torch.Tensor
+    """Scalar mean dominant share over ``(l, t, n)`` (detached; SPEC §3, the paper's Fig. 1 y-axis)."""
+
+
+class InteractionMatrix(NamedTuple):
+    """Pairwise interactions of :func:`interaction_matrix`."""
+
+    per_block_LHH: torch.Tensor
+    """``M_l[i, j]``, averaged over tokens, one matrix per block."""
+    total_HH: torch.Tensor
+    """``M[i, j] = Σ_l M_l[i, j]``."""
+    n_tokens: int
+    """Tokens averaged over (to merge results of several batches: weight each by it)."""
+
+
+class TokenScores(NamedTuple):
+    """Per-token interaction scores of :func:`token_interaction_scores`."""
+
+    per_block_LT: torch.Tensor
+    """``T_l(t) = Σ_n ‖W_out[l][n]‖ (Σ_v |p| − max_v |p|)``."""
+    total_T: torch.Tensor
+    """``T(t) = Σ_l T_l(t)``."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def unpack_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(idx_BK, val_BK)`` of duck-typed codes, checked: 2-D, same shape, integer ids, float values."""
+    if not (hasattr(codes, "idx_BK") and hasattr(codes, "val_BK")):
+        raise TypeError(
+            f"codes must have .idx_BK and .val_BK (crosscoder.SparseCodes); got {type(codes).__name__}"
+        )
+    idx_BK, val_BK = codes.idx_BK, codes.val_BK
+    if idx_BK.ndim != 2 or idx_BK.shape != val_BK.shape:
+        raise ValueError(
+            f"codes.idx_BK and codes.val_BK must both be [B, K]; got {tuple(idx_BK.shape)} and {tuple(val_BK.shape)}"
+        )
+    if idx_BK.dtype.is_floating_point or not val_BK.dtype.is_floating_point:
+        raise TypeError(f"codes need integer idx_BK and float val_BK; got {idx_BK.dtype} and {val_BK.dtype}")
+    return idx_BK.long(), val_BK
+
+
+def _checked_ids(idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Feature ids with padded slots pointed at feature 0 (never read: their value is 0)."""
+    active = val_BK.detach() != 0
+    idx_BK = torch.where(active, idx_BK, torch.zeros_like(idx_BK))
+    if idx_BK.numel() and (idx_BK.min() < 0 or idx_BK.max() >= n_features):
+        bad = idx_BK[(idx_BK < 0) | (idx_BK >= n_features)][0].item()
+        raise ValueError(f"codes.idx_BK holds feature id {bad} at an active slot; the decoder has {n_features} features")
+    if idx_BK.shape[1] > 1:
+        # A feature listed twice at one token would count as two interacting features.
+        marked = torch.where(active, idx_BK, -1 - torch.arange(idx_BK.shape[1], device=idx_BK.device))
+        s = marked.sort(dim=1).values
+        if (s[:, 1:] == s[:, :-1]).any():
+            raise ValueError(
+                "a feature appears twice among one token's active slots in codes.idx_BK; "
+                "merge the duplicates (sum their values) before computing interactions"
+            )
+    return idx_BK
+
+
+def _trim_padding(idx_BK: torch.Tensor, val_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move active slots first (stable) and drop the slots that are padded in every token.
+
+    BatchTopK codes are padded to the batch's largest active count; trimming makes the cost scale
+    with that count instead of the padded width. Values are gathered, so gradients flow through.
+    """
+    active = val_BK.detach() != 0
+    if active.all():
+        return idx_BK, val_BK
+    k_max = max(int(active.sum(1).max()), 1)
+    order = (~active).to(torch.int8).argsort(dim=1, stable=True)[:, :k_max]
+    return idx_BK.gather(1, order), val_BK.gather(1, order)
+
+
+def _chunk_tokens(n_slots: int, n_neurons: int, chunk_tokens: int | None) -> int:
+    if chunk_tokens is not None:
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be ≥ 1, got {chunk_tokens}")
+        return chunk_tokens
+    return max(1, _CHUNK_ELEMENTS // max(1, n_slots * n_neurons))
+
+
+def neuron_weights(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
+    """``G_LHN[l] = W_dec_LHD[l] @ W_in_l``: feature ``v``'s pre-activation at neuron ``n`` per unit activation.
+
+    ``W_dec_LHD`` holds the decoder rows at each block's MLP-input slot, in the model's units
+    (``Crosscoder.decoder_slots_LHD(mlp_input_slots)``). Differentiable in ``W_dec_LHD``; the
+    language model's ``W_in`` is frozen.
+    """
+    if W_dec_LHD.ndim != 3:
+        raise ValueError(f"W_dec_LHD must be [L, H, D]; got shape {tuple(W_dec_LHD.shape)}")
+    L, _, D = W_dec_LHD.shape
+    if (L, D) != (mlp.W_in_LDN.shape[0], mlp.W_in_LDN.shape[1]):
+        raise ValueError(
+            f"W_dec_LHD {tuple(W_dec_LHD.shape)} does not match the MLP's W_in {tuple(mlp.W_in_LDN.shape)}: "
+            "pass the decoder rows at the MLP-input slot of every block (L, H, D)"
+        )
+    W_in = mlp.W_in_LDN.detach().to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
+    return torch.matmul(W_dec_LHD, W_in)
+
+
+def mlp_input_decoder(crosscoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_dec_LHD, b_dec_LD)``: a crosscoder's decoder rows and bias at each block's MLP input, in model units.
+
+    Slots come from ``mlp_input_slots(crosscoder.cfg.hookpoints)``; the input scale is divided out,
+    so ``codes → Σ_v a_v W_dec_LHD[l, v] + b_dec_LD[l]`` is ``crosscoder.decode(codes)`` at that slot.
+    ``W_dec_LHD`` is differentiable through the crosscoder's weights.
+    """
+    from crosscoder_lib.hookpoints import mlp_input_slots
+
+    slots = mlp_input_slots(crosscoder.cfg.hookpoints)
+    W_dec_LHD = crosscoder.decoder_slots_LHD(slots)
+    slots_t = torch.as_tensor(slots, device=crosscoder.b_dec_XD.device)
+    b_dec_LD = crosscoder.b_dec_XD[slots_t] / crosscoder.input_scale_X[slots_t, None]
+    return W_dec_LHD, b_dec_LD
+
+
+def neuron_bias(b_dec_LD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
+    """``β_LN[l] = b_dec[slot(l)] @ W_in_l + b_in_l``: the part of the pre-activation that no feature carries."""
+    W_in = mlp.W_in_LDN.to(device=b_dec_LD.device, dtype=b_dec_LD.dtype)
+    return torch.einsum("ld,ldn->ln", b_dec_LD, W_in) + mlp.b_in_LN.to(b_dec_LD)
+
+
+def _weights_LN(mlp: MLPWeights, like: torch.Tensor) -> torch.Tensor:
+    return mlp.W_out_norms_LN().to(device=like.device, dtype=like.dtype)
+
+
+def feature_contributions(codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
+    """``p_LTNK[l, t, n, k] = val[t, k] · G_l[idx[t, k], n]``: contributions of each token's active slots.
+
+    Memory ``L·T·N·K`` (padded slots give 0): meant for short inputs and tests; the aggregate
+    functions below work on long inputs in chunks. Differentiable in ``val`` and ``W_dec_LHD``.
+    """
+    idx_BK, val_BK = unpack_codes(codes)
+    G_LHN = neuron_weights(W_dec_LHD, mlp)
+    idx_BK = _checked_ids(idx_BK, val_BK, G_LHN.shape[1])
+    p_LTKN = val_BK[None, :, :, None] * G_LHN[:, idx_BK]
+    return p_LTKN.transpose(2, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The passes over (block, chunk of tokens) that every aggregate shares
+
+
+def _abs_contributions(absG_HN, idx_cK, vabs_cK, buf) -> torch.Tensor:
+    """``|p[t, k, n]| = |val[t, k]| · |G[idx[t, k], n]|`` gathered into the reused buffer ``buf``."""
+    n, K = idx_cK.shape
+    N = absG_HN.shape[1]
+    absp = torch.index_select(absG_HN, 0, idx_cK.reshape(-1), out=buf[: n * K * N].view(n * K, N))
+    return absp.view(n, K, N).mul_(vabs_cK[:, :, None])
+
+
+class _Chunk(NamedTuple):
+    block: int
+    tokens: slice
+    idx_cK: torch.Tensor
+    absp_cKN: torch.Tensor | None  # |p|, when asked for (overwritten by the next chunk)
+    sum_cN: torch.Tensor  # Σ_k |p|
+    max_cN: torch.Tensor  # max_k |p|
+    dominant_cN: torch.Tensor  # slot of the dominant feature (lowest slot on ties), long
+
+
+@torch.no_grad()
+def _chunks(
+    idx_BK: torch.Tensor, val_BK: torch.Tensor, absG_LHN: torch.Tensor, chunk_tokens: int | None, keep_absp: bool
+) -> Iterator[_Chunk]:
+    """Σ_k|p|, max_k|p| and the dominant slot for every (block, token, neuron), chunk by chunk.
+
+    The dominant slot is read off ``(|p| == max) · (K-1-k)`` maximised over ``k`` (first slot on
+    ties) because PyTorch's index-returning max reduction is ~10× slower than these passes on CPU.
+    """
+    L, _, N = absG_LHN.shape
+    B, K = idx_BK.shape
+    c = _chunk_tokens(K, N, chunk_tokens)
+    vabs_BK = val_BK.detach().abs().to(absG_LHN.dtype)
+    desc_K = torch.arange(K - 1, -1, -1, dtype=absG_LHN.dtype, device=absG_LHN.device)[None, :, None]
+    buf = absG_LHN.new_empty(min(c, B) * K * N)
+    mask = torch.empty_like(buf) if keep_absp else None
+    for l in range(L):
+        for start in range(0, B, c):
+            sl = slice(start, min(start + c, B))
+            absp = _abs_contributions(absG_LHN[l], idx_BK[sl], vabs_BK[sl], buf)
+            s, m = absp.sum(1), absp.amax(1)
+            is_max = mask[: absp.numel()].view_as(absp).copy_(absp) if keep_absp else absp
+            dominant = (K - 1) - is_max.eq_(m[:, None, :]).mul_(desc_K).amax(1).long()
+            yield _Chunk(l, sl, idx_BK[sl], absp if keep_absp else None, s, m, dominant)
+
+
+def _share_sum(sum_cN: torch.Tensor, max_cN: torch.Tensor) -> torch.Tensor:
+    """``Σ max/sum`` with 0/0 (no feature reaches the neuron) counted as a share of 1."""
+    return torch.div(max_cN, sum_cN).nan_to_num_(nan=1.0).sum(dtype=torch.float64)
+
+
+class _PenaltySum(torch.autograd.Function):
+    """``Σ_{l,t,n} w_ln (Σ_k |p| − max_k |p|)`` and ``Σ share``, with the gradient formed in the same pass.
+
+    Inputs ``(|val|_BK, G_LHN, idx_BK, w_LN or None, chunk_tokens)``. With
+    ``|p[t,k,n]| = |val[t,k]|·|G_l[idx[t,k], n]|`` and ``m[t,n] = max_k |p|``:
+
+    - ``∂/∂|val[t,k]| = Σ_n w_n |G_l[idx[t,k], n]| − Σ_n w_n [k maximal] m[t,n] / (|val[t,k]| · ties[t,n])``
+      (the first sum is ``r_l[idx[t,k]]``, one reduction of ``|G|``);
+    - ``∂/∂G_l[h,n] = sign(G_l[h,n]) · w_n (c[h] − Σ_{t,k: idx=h} [k maximal] |val[t,k]| / ties[t,n])``
+      with ``c[h] = Σ_{t,k: idx=h} |val[t,k]|``.
+
+    An exact tie between maximal slots splits the subgradient evenly (as ``amax`` does). Per chunk
+    of tokens (a few MB, in cache) the forward gathers ``|p|``, takes its sum and max, turns it into
+    the mask of maximal slots and accumulates both gradients; nothing of size ``T·K·N`` outlives a
+    chunk, and the backward pass only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, vabs_BK, G_LHN, idx_BK, w_LN, chunk_tokens):
+        L, _, N = G_LHN.shape
+        B, K = idx_BK.shape
+        c = _chunk_tokens(K, N, chunk_tokens)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        absG_LHN = G_LHN.abs()
+        buf = G_LHN.new_empty(min(c, B) * K * N)
+        total = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
+        share = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
+        if want_grad:
+            # Sum term first: d/d|val| = r[idx], d/d|G| = c ⊗ w; the max term is subtracted below.
+            r_LH = absG_LHN.sum(-1) if w_LN is None else torch.einsum("lhn,ln->lh", absG_LHN, w_LN)
+            grad_vabs = r_LH[:, idx_BK].sum(0)
+            c_H = torch.zeros(G_LHN.shape[1], dtype=G_LHN.dtype, device=G_LHN.device)
+            c_H.index_add_(0, idx_BK.reshape(-1), vabs_BK.reshape(-1))
+            grad_G = c_H[None, :, None].expand_as(G_LHN).clone() if w_LN is None else c_H[None, :, None] * w_LN[:, None, :]
+        for l in range(L):
+            w_N = w_LN[l] if w_LN is not None else None
+            for start in range(0, B, c):
+                sl = slice(start, min(start + c, B))
+                idx, vabs = idx_BK[sl], vabs_BK[sl]
+                absp = _abs_contributions(absG_LHN[l], idx, vabs, buf)
+                s, m = absp.sum(1), absp.amax(1)
+                share += _share_sum(s, m)
+                total += (s - m).sum(dtype=torch.float64) if w_N is None else ((s - m) @ w_N).sum(dtype=torch.float64)
+                if not want_grad:
+                    continue
+                mask = absp.eq_(m[:, None, :])
+                coef = mask.sum(1).reciprocal_()  # 1 / ties
+                if w_N is not None:
+                    coef.mul_(w_N)
+                mask.mul_(coef[:, None, :])
+                num = torch.bmm(mask, m[:, :, None]).squeeze(2)
+                grad_vabs[sl] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
+                grad_G[l].index_add_(0, idx.reshape(-1), mask.mul_(vabs[:, :, None]).view(-1, N), alpha=-1)
+        if want_grad:
+            grad_G.mul_(G_LHN.sign())
+            ctx.save_for_backward(grad_vabs, grad_G)
+        ctx.mark_non_differentiable(share)
+        return total.to(G_LHN.dtype), share
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_share):
+        grad_vabs, grad_G = ctx.saved_tensors
+        return (
+            grad_total * grad_vabs if ctx.needs_input_grad[0] else None,
+            grad_total * grad_G if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Public aggregates
+
+
+def dominant_share(codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean over ``(l, t, n)`` of ``max_v |p[l,t,n,v]| / Σ_v |p[l,t,n,v]|`` (1 where the sum is 0).
+
+    In ``[1/a_t, 1]`` for a token with ``a_t`` active features; 1 when one feature is active.
+    """
+    idx_BK, val_BK = unpack_codes(codes)
+    with torch.no_grad():
+        absG_LHN = neuron_weights(W_dec_LHD.detach(), mlp).abs_()
+        idx_BK = _checked_ids(idx_BK, val_BK, absG_LHN.shape[1])
+        idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+        total = sum(_share_sum(c.sum_cN, c.max_cN) for c in _chunks(idx_BK, val_BK, absG_LHN, chunk_tokens, False))
+        return total / (absG_LHN.shape[0] * idx_BK.shape[0] * absG_LHN.shape[2])
+
+
+def interaction_penalty(
+    codes,
+    W_dec_LHD: torch.Tensor,
+    mlp: MLPWeights,
+    form: Literal["unweighted", "weighted"] = "unweighted",
+    chunk_tokens: int | None = None,
+) -> InteractionStats:
+    """The interaction penalty ``L_int`` and the dominant share of a batch (SPEC §3).
+
+    ``form="unweighted"`` (default, the reference code's form)::
+
+        L_int = mean_{l,t,n} ( Σ_v |p[l,t,n,v]| − max_v |p[l,t,n,v]| )
+
+    ``form="weighted"`` weights each neuron by ``w_ln = ‖W_out[l][n]‖``, the bound of SPEC §3 up to
+    the constant ``Lip(σ)``: ``mean_{l,t,n} w_ln (Σ_v |p| − max_v |p|)``.
+
+    Gradients flow through ``codes.val_BK`` and ``W_dec_LHD`` for any number of blocks (the
+    reference code detached its penalty beyond 4 blocks). How: ``|p[t,k,n]| = |val[t,k]|·|G[idx[t,k], n]|``,
+    the penalty is a sum over each token's active slots whose gradient :class:`_PenaltySum` forms
+    chunk by chunk in its forward pass. Memory beyond ``G`` and its gradient is one chunk buffer:
+    nothing of size ``L·T·K·N`` is ever held.
+    """
+    if form not in PENALTY_FORMS:
+        raise ValueError(f"unknown penalty form {form!r}; choose one of {PENALTY_FORMS}")
+    idx_BK, val_BK = unpack_codes(codes)
+    G_LHN = neuron_weights(W_dec_LHD, mlp)
+    L, H, N = G_LHN.shape
+    idx_BK = _checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    B, K = idx_BK.shape
+    w_LN = _weights_LN(mlp, G_LHN) if form == "weighted" else None
+    total, share = _PenaltySum.apply(val_BK.abs(), G_LHN, idx_BK, w_LN, chunk_tokens)
+    penalty = total / (L * B * N)
+    return InteractionStats(penalty=penalty, dominant_share=(share / (L * B * N)).to(G_LHN.dtype))
+
+
+@torch.no_grad()
+def interaction_matrix(
+    codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens: int | None = None
+) -> InteractionMatrix:
+    """Pairwise interactions ``M_l[i, j] = (1/T) Σ_t Σ_n [i dominant at (l,t,n)] ‖W_out[l][n]‖ |p[l,t,n,j]|``.
+
+    Summed over ``j ≠ i`` active at ``t``, accumulated over every neuron that shares the dominant
+    feature ``i`` (never overwritten), averaged over the ``T`` tokens, per block and summed over
+    blocks. Per token the neuron sum is a ``[K, N] @ [N, K]`` product (dominant-slot one-hot times
+    weighted ``|p|``), so cost is ``O(T·K²·N)`` and only ``T·K²`` entries are scattered (index_add).
+    """
+    idx_BK, val_BK = unpack_codes(codes)
+    G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
+    L, H, N = G_LHN.shape
+    idx_BK = _checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    B, K = idx_BK.shape
+    w_LN = _weights_LN(mlp, G_LHN)
+    M_LHH = torch.zeros(L, H, H, dtype=G_LHN.dtype, device=G_LHN.device)
+    active_BK = val_BK != 0
+    slots_K = torch.arange(K, device=G_LHN.device)
+    not_self_KK = slots_K[:, None] != slots_K[None, :]
+    onehot = None
+    for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, True):
+        n = c.idx_cK.shape[0]
+        if onehot is None or onehot.shape[0] < n * K * N:
+            onehot = torch.empty(n * K * N, dtype=G_LHN.dtype, device=G_LHN.device)
+        # onehot[t, a, n] = w_n · [slot a is dominant at (t, n)]
+        dom = onehot[: n * K * N].view(n, K, N)
+        dom.copy_(c.dominant_cN[:, None, :].expand(n, K, N)).sub_(slots_K[None, :, None]).eq_(0).mul_(w_LN[c.block])
+        pair_cKK = torch.bmm(dom, c.absp_cKN.transpose(1, 2))  # [t, dominant slot a, other slot j]
+        keep = not_self_KK[None] & active_BK[c.tokens][:, None, :] & active_BK[c.tokens][:, :, None]
+        flat = (c.idx_cK[:, :, None] * H + c.idx_cK[:, None, :])[keep]
+        M_LHH[c.block].view(-1).index_add_(0, flat, pair_cKK[keep])
+    M_LHH /= max(B, 1)
+    return InteractionMatrix(per_block_LHH=M_LHH, total_HH=M_LHH.sum(0), n_tokens=B)
+
+
+@torch.no_grad()
+def token_interaction_scores(
+    codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens: int | None = None
+) -> TokenScores:
+    """Per-token interaction ``T(t) = Σ_l Σ_n ‖W_out[l][n]‖ Σ_{j≠i} |p[l,t,n,j]|`` (i dominant at (l,t,n)).
+
+    ``Σ_{j≠i} |p| = Σ_v |p| − max_v |p|``; ``Lip(σ)·T(t)`` bounds the summed MLP interaction error
+    of token ``t`` over blocks (SPEC §3).
+    """
+    idx_BK, val_BK = unpack_codes(codes)
+    G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
+    L, H, N = G_LHN.shape
+    idx_BK = _checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    w_LN = _weights_LN(mlp, G_LHN)
+    scores_LT = torch.zeros(L, idx_BK.shape[0], dtype=G_LHN.dtype, device=G_LHN.device)
+    for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, False):
+        scores_LT[c.block, c.tokens] = (c.sum_cN - c.max_cN) @ w_LN[c.block]
+    return TokenScores(per_block_LT=scores_LT, total_T=scores_LT.sum(0))
