@@ -1,0 +1,535 @@
+"""Training a crosscoder: config, loop, checkpoints, resume, and a command line for sweeps.
+
+The loss of a batch of raw activations ``x_BXD`` (SPEC §2), in normalised units ``s_x x_x``::
+
+    loss = mean_b Σ_x ‖s_x x_x − s_x x̂_x‖²                 reconstruction (summed over hookpoints)
+         + α · AuxK                                         dead features model the residual
+         + sparsity penalty                                 ReLU / JumpReLU only
+         + λ · L_int                                        the interaction penalty (λ > 0)
+
+with ``AuxK = mean_b ‖e − ê‖² / mean_b ‖e − mean(e)‖²``, ``e`` the (detached) residual of the main
+reconstruction and ``ê`` the decoding of the dead features' ``k_aux`` largest pre-activations.
+``L_int`` comes from :func:`crosscoder_lib.interactions.interaction_penalty` on the MLP-input
+slots. Adam, learning rate warmed up linearly over ``warmup_frac`` of the steps and decayed linearly
+to zero over the last ``decay_frac``; gradient-norm clipping.
+
+**Reproducibility.** Everything is seeded (weights by ``CrosscoderConfig.init_seed``, data order by
+``TrainConfig.seed``), nothing random happens inside a step, and a checkpoint stores the weights,
+the input scale, Adam's moments, the firing tracker, BatchTopK's threshold, the metrics and the
+step. Resuming replays the source up to the checkpoint's step (the source must give the same
+batches again: a tensor, a list, or an :class:`~crosscoder_lib.harvest.ActivationBuffer` over a
+re-iterable token stream; ``cache_dir`` makes the replay cheap), so a stopped-and-resumed run ends
+bit for bit where the uninterrupted run does (tested).
+
+**Failures lose nothing.** Non-finite activations stop training with the step and hookpoint named,
+after saving the last good state; so does a non-finite loss; Ctrl-C saves a checkpoint first.
+
+Command line (``crosscoder-train`` or ``python -m crosscoder_lib.training``)::
+
+    crosscoder-train run.json [--set train.lr=3e-4 --set crosscoder.k=32 ...]
+
+with ``run.json`` holding ``model``, ``hookpoints`` (``"paper"`` or a list), ``data``, ``buffer``,
+``crosscoder`` (CrosscoderConfig fields; ``hookpoints``/``d_model`` filled in), ``train``
+(TrainConfig fields) and ``out_dir``; see :func:`run_from_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from crosscoder_lib.activations import FiringTracker, SparseCodes, auxk_codes, l0
+from crosscoder_lib.checkpoint import (
+    CheckpointError,
+    has_training_state,
+    load_training_state,
+    save_training_state,
+)
+from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
+from crosscoder_lib.hookpoints import mlp_input_slots
+
+PENALTY_FORMS = ("unweighted", "weighted")
+CHECKPOINT_DIR = "checkpoint"
+FINAL_DIR = "crosscoder"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+# Fields that do not change the arithmetic of training: a resumed run may change them.
+_COSMETIC = {"log_every", "checkpoint_every", "progress", "wandb", "wandb_project", "wandb_run_name"}
+
+
+@dataclass
+class TrainConfig:
+    """How to train (validated on construction; saved as ``train_config.json`` beside checkpoints)."""
+
+    n_steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 256
+    """Token positions per step (the paper: 256)."""
+    lr: float = 1e-4
+    """Peak Adam learning rate (the paper: 1e-4)."""
+    warmup_frac: float = 0.05
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    decay_frac: float = 0.2
+    """Fraction of the steps, at the end, over which the learning rate falls linearly to 0."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's β1, β2."""
+    grad_clip: float = 1.0
+    """Maximum global gradient norm (0 disables clipping)."""
+    seed: int = 0
+    """Seed of the data order (tensor sources) and of torch's global RNG."""
+    lambda_int: float = 0.0
+    """Weight λ of the interaction penalty (SPEC §3); > 0 needs ``mlp`` in :func:`train`."""
+    penalty_form: str = "unweighted"
+    """``"unweighted"`` (the reference code's) or ``"weighted"`` by ``‖W_out[k]‖``."""
+    n_norm_batches: int = 8
+    """Batches (the first of the stream) that estimate the per-hookpoint input scale."""
+    log_every: int = 10
+    """Steps between recorded metrics (and progress-bar updates)."""
+    checkpoint_every: int = 500
+    """Steps between resumable checkpoints (needs ``out_dir``; 0: only at the end)."""
+    progress: bool = True
+    """Show a tqdm progress bar with live loss, FVU, L0 (and dominant share, penalty when λ > 0)."""
+    wandb: bool = False
+    """Log metrics to Weights & Biases (off by default; needs the ``wandb`` package)."""
+    wandb_project: str = "crosscoder_lib"
+    """W&B project name."""
+    wandb_run_name: str | None = None
+    """W&B run name (None: W&B picks one)."""
+    device: str = "cpu"
+    """Device of the crosscoder and of the batches."""
+
+    def __post_init__(self):
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        for name in ("n_steps", "batch_size", "n_norm_batches", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
+        if not self.lambda_int >= 0 or not math.isfinite(self.lambda_int):
+            raise ValueError(f"TrainConfig.lambda_int (λ) must be >= 0, got {self.lambda_int}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"TrainConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.grad_clip < 0:
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        for name in ("warmup_frac", "decay_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.warmup_frac + self.decay_frac > 1.0:
+            raise ValueError(f"warmup_frac + decay_frac must be <= 1, got {self.warmup_frac + self.decay_frac}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.penalty_form not in PENALTY_FORMS:
+            raise ValueError(f"penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) ``step``: linear warm-up, constant, linear decay to 0."""
+        warm = round(self.warmup_frac * self.n_steps)
+        decay = round(self.decay_frac * self.n_steps)
+        if warm and step < warm:
+            return self.lr * (step + 1) / warm
+        if decay and step >= self.n_steps - decay:
+            return self.lr * (self.n_steps - step) / decay
+        return self.lr
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met NaN/inf (in the activations or the loss); the message says where and when."""
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns.
+
+    Fields:
+        crosscoder: the trained model (input scale still in ``input_scale_X``, not folded).
+        metrics: one dict per logged step (``step``, ``loss``, ``mse``, ``fvu``, ``l0``, ``aux``,
+            ``dead_fraction``, ``lr``, and ``penalty``/``dominant_share`` when λ > 0).
+        final: the last step's metrics.
+        step: steps done so far (== ``cfg.n_steps`` unless stopped early by ``stop_at_step``).
+        out_dir: where checkpoints and the final model went (None without ``out_dir``).
+    """
+
+    crosscoder: Crosscoder
+    metrics: list[dict]
+    final: dict
+    step: int
+    out_dir: Path | None
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def _tensor_batches(acts_TXD: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    if len(acts_TXD) < batch_size:
+        raise ValueError(f"the activation tensor holds {len(acts_TXD)} positions, fewer than one "
+                         f"batch of {batch_size}; pass more activations or a smaller batch_size")
+    for epoch in itertools.count():
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(acts_TXD), generator=g)
+        for i in range(0, len(perm) - batch_size + 1, batch_size):
+            yield acts_TXD[perm[i:i + batch_size]]
+
+
+def _rebatched(source: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Exactly ``batch_size`` positions per batch from a source of any batch sizes; passes over a
+    re-iterable source again when it ends."""
+    pending: list[torch.Tensor] = []
+    n_pending = 0
+    for epoch in itertools.count():
+        got = 0
+        for acts in source:
+            if acts.ndim != 3:
+                raise ValueError(f"the source must yield activations [B, X, D], got shape {tuple(acts.shape)}")
+            got += len(acts)
+            pending.append(acts)
+            n_pending += len(acts)
+            while n_pending >= batch_size:
+                cat = torch.cat(pending) if len(pending) > 1 else pending[0]
+                yield cat[:batch_size]
+                pending, n_pending = [cat[batch_size:]], n_pending - batch_size
+        if got == 0:
+            raise ValueError("the activation source is empty" + (
+                "" if epoch == 0 else f" on pass {epoch + 1}: it is a one-shot iterator that ran out; "
+                "pass a re-iterable source (a list, a tensor, an ActivationBuffer over a list or "
+                "callable of token batches) or fewer n_steps"))
+
+
+def batch_stream(source, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """The training batches of ``source`` (a tensor ``[T, X, D]`` or an iterable of ``[B, X, D]``)."""
+    if isinstance(source, torch.Tensor):
+        if source.ndim != 3:
+            raise ValueError(f"an activation tensor source must be [T, X, D], got {tuple(source.shape)}")
+        return _tensor_batches(source, batch_size, seed)
+    return _rebatched(source, batch_size)
+
+
+# -- one step ---------------------------------------------------------------------------------------
+
+class StepOutput(NamedTuple):
+    """Loss terms of one training step (all scalars; ``loss`` differentiable)."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    fvu: torch.Tensor
+    aux: torch.Tensor
+    sparsity: torch.Tensor
+    l0: torch.Tensor
+    codes: SparseCodes
+    penalty: torch.Tensor | None
+    dominant_share: torch.Tensor | None
+
+
+def aux_loss(crosscoder: Crosscoder, pre_BH: torch.Tensor, residual_BXD: torch.Tensor,
+             dead_H: torch.Tensor) -> torch.Tensor:
+    """AuxK (normalised units): how well the dead features' top-``k_aux`` pre-activations model the
+    residual, ``mean_b ‖e − ê‖² / mean_b ‖e − mean(e)‖²``; 0 when no feature is dead."""
+    codes = auxk_codes(pre_BH, dead_H, crosscoder.cfg.aux_k)
+    if codes is None:
+        return pre_BH.new_zeros(())
+    recon_BXD = crosscoder.decode_scaled(codes, bias=False)
+    denom = (residual_BXD - residual_BXD.mean(0)).pow(2).sum((1, 2)).mean().clamp_min(1e-12)
+    return (residual_BXD - recon_BXD).pow(2).sum((1, 2)).mean() / denom
+
+
+def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfig, dead_H: torch.Tensor,
+                 mlp=None, mlp_slots: list[int] | None = None) -> StepOutput:
+    """All loss terms of one batch of raw activations (see the module docstring)."""
+    out = crosscoder(acts_BXD)
+    err_BXD = out.recon_scaled_BXD - out.x_scaled_BXD
+    mse = err_BXD.pow(2).sum((1, 2)).mean()
+    with torch.no_grad():
+        var = (out.x_scaled_BXD - out.x_scaled_BXD.mean(0)).pow(2).sum((1, 2)).mean()
+        fvu = mse.detach() / var.clamp_min(1e-12)
+    aux = out.pre_BH.new_zeros(())
+    if crosscoder.cfg.aux_alpha > 0:
+        aux = aux_loss(crosscoder, out.pre_BH, -err_BXD.detach(), dead_H)
+    sparsity = crosscoder.activation.sparsity_penalty(out.pre_BH, out.codes, crosscoder.decoder_norms_H())
+    loss = mse + crosscoder.cfg.aux_alpha * aux + sparsity
+    penalty = share = None
+    if cfg.lambda_int > 0:
+        from crosscoder_lib.interactions import interaction_penalty
+        stats = interaction_penalty(out.codes, crosscoder.decoder_slots_LHD(mlp_slots), mlp, form=cfg.penalty_form)
+        penalty, share = stats.penalty, stats.dominant_share
+        loss = loss + cfg.lambda_int * penalty
+    return StepOutput(loss, mse, fvu, aux, sparsity, l0(out.codes).float().mean(), out.codes, penalty, share)
+
+
+def _nonfinite_slots(acts_BXD: torch.Tensor) -> list[int]:
+    # A sum is non-finite iff some element is (inf - inf gives nan), at the cost of one reduction.
+    per_slot = acts_BXD.sum(dim=(0, 2))
+    return torch.nonzero(~torch.isfinite(per_slot)).flatten().tolist()
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def _make_optimizer(crosscoder: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
+    params = [p for p in crosscoder.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig, cc_cfg: CrosscoderConfig, path: Path) -> None:
+    mine = cfg.to_dict()
+    diffs = [f"train.{k}: checkpoint {saved['train_config'].get(k)!r} vs now {mine[k]!r}"
+             for k in mine if k not in _COSMETIC and json.loads(json.dumps(mine[k])) != saved["train_config"].get(k)]
+    cc_mine = json.loads(json.dumps(cc_cfg.to_dict()))
+    diffs += [f"crosscoder.{k}: checkpoint {saved['crosscoder_config'].get(k)!r} vs now {cc_mine[k]!r}"
+              for k in cc_mine if cc_mine[k] != saved["crosscoder_config"].get(k)]
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path}: the configuration changed ({'; '.join(diffs)}). "
+                              f"Use the same configuration, another out_dir, or resume=False.")
+
+
+def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig, mlp=None,
+          out_dir: str | os.PathLike | None = None, resume: bool = True,
+          stop_at_step: int | None = None) -> TrainResult:
+    """Train ``crosscoder`` on ``source`` under ``cfg``.
+
+    Args:
+        cfg: the :class:`TrainConfig`.
+        source: raw activations: a tensor ``[T, X, D]`` (shuffled per epoch with ``cfg.seed``) or an
+            iterable of batches ``[B, X, D]`` in hookpoint order (e.g. an ActivationBuffer), re-batched
+            to ``cfg.batch_size`` and passed over again when it ends.
+        crosscoder: a :class:`CrosscoderConfig` (a fresh model is built) or a :class:`Crosscoder`
+            (trained in place). Its input scale is estimated from the first ``cfg.n_norm_batches``
+            batches unless resuming.
+        mlp: :class:`crosscoder_lib.mlp.MLPWeights` of the model, required when ``cfg.lambda_int > 0``.
+        out_dir: folder for ``checkpoint/`` (resumable, every ``cfg.checkpoint_every`` steps and at
+            the end), ``crosscoder/`` (the final model, input scale folded) and ``train_config.json``.
+        resume: continue from ``out_dir/checkpoint`` when there is one.
+        stop_at_step: stop (with a checkpoint) once this many steps are done, e.g. to split a run.
+
+    Raises:
+        NonFiniteError: NaN/inf in a batch (step and hookpoint named) or in the loss; the state
+            before that step is kept (and checkpointed when ``out_dir`` is given).
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if cfg.lambda_int > 0 and mlp is None:
+        raise ValueError("cfg.lambda_int > 0 needs the model's MLP weights: pass "
+                         "mlp=crosscoder_lib.mlp.mlp_weights(bridge)")
+    if stop_at_step is not None and stop_at_step < 1:
+        raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    cc = crosscoder if isinstance(crosscoder, Crosscoder) else Crosscoder(crosscoder)
+    cc.to(device).train()
+    mlp_slots = None
+    if cfg.lambda_int > 0:
+        mlp_slots = mlp_input_slots(cc.cfg.hookpoints)
+        mlp = mlp.to(device)
+        if mlp.n_blocks != len(mlp_slots):
+            raise ValueError(f"mlp has {mlp.n_blocks} blocks but the hookpoints have {len(mlp_slots)} "
+                             f"MLP-input slots")
+    optimizer = _make_optimizer(cc, cfg)
+    tracker = FiringTracker(cc.n_features, cc.cfg.dead_steps).to(device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_dir = out_dir / CHECKPOINT_DIR if out_dir is not None else None
+    step, metrics = 0, []
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    if resume and ckpt_dir is not None and has_training_state(ckpt_dir):
+        meta, buffers = load_training_state(ckpt_dir, crosscoder=cc, optimizer=optimizer)
+        _check_resume_config(meta, cfg, cc.cfg, ckpt_dir)
+        tracker.load_state_dict({"steps_since_fired_H": buffers["steps_since_fired_H"]})
+        step, metrics = meta["step"], meta["metrics"]
+
+    def save(at_step: int) -> Path | None:
+        if ckpt_dir is None:
+            return None
+        return save_training_state(ckpt_dir, crosscoder=cc, optimizer=optimizer,
+                                   buffers=dict(tracker.state_dict()),
+                                   meta={"step": at_step, "metrics": metrics,
+                                         "train_config": cfg.to_dict(),
+                                         "crosscoder_config": cc.cfg.to_dict()})
+
+    batches = batch_stream(source, cfg.batch_size, cfg.seed)
+    if step == 0:
+        head = list(itertools.islice(batches, cfg.n_norm_batches))
+        if not head:
+            raise ValueError("the activation source gave no batch")
+        sample = torch.cat(head)
+        bad = _nonfinite_slots(sample)
+        if bad:
+            raise NonFiniteError(f"non-finite activations before training (in the normalisation "
+                                 f"batches) at hookpoint(s) {[cc.cfg.hookpoints[i] for i in bad]}")
+        cc.set_input_scale(sample.to(device))
+        batches = itertools.chain(head, batches)
+    else:
+        for _ in range(step):  # replay the source up to the checkpoint
+            next(batches)
+
+    end = cfg.n_steps if stop_at_step is None else min(stop_at_step, cfg.n_steps)
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.n_steps, initial=step, desc="crosscoder", dynamic_ncols=True)
+    run = _wandb_run(cfg, cc.cfg) if cfg.wandb else None
+    try:
+        while step < end:
+            acts = next(batches).to(device)
+            bad = _nonfinite_slots(acts)
+            if bad:
+                path = save(step)
+                raise NonFiniteError(
+                    f"non-finite activations at step {step} in hookpoint(s) "
+                    f"{[cc.cfg.hookpoints[i] for i in bad]}; training stopped before using them. "
+                    + (f"The last good state (after {step} steps) is checkpointed at {path}."
+                       if path else "The crosscoder keeps its last good state (pass out_dir to checkpoint it)."))
+            lr = cfg.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            s = compute_loss(cc, acts, cfg, tracker.dead_H, mlp, mlp_slots)
+            if not torch.isfinite(s.loss):
+                optimizer.zero_grad(set_to_none=True)
+                path = save(step)
+                raise NonFiniteError(
+                    f"the loss became non-finite at step {step} (mse={float(s.mse)}, aux={float(s.aux)}"
+                    + (f", penalty={float(s.penalty)}" if s.penalty is not None else "")
+                    + "); lower lr or lambda_int. "
+                    + (f"Last good state checkpointed at {path}." if path else "The crosscoder keeps its last good state."))
+            optimizer.zero_grad(set_to_none=True)
+            s.loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip)
+            optimizer.step()
+            tracker.update(s.codes)
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.n_steps:
+                m = {"step": step, "loss": float(s.loss.detach()), "mse": float(s.mse.detach()), "fvu": float(s.fvu),
+                     "l0": float(s.l0), "aux": float(s.aux.detach()), "dead_fraction": tracker.dead_fraction, "lr": lr}
+                if s.penalty is not None:
+                    m["penalty"], m["dominant_share"] = float(s.penalty.detach()), float(s.dominant_share)
+                metrics.append(m)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in m.items()
+                                     if k in ("loss", "fvu", "l0", "dead_fraction", "dominant_share", "penalty")})
+                if run is not None:
+                    run.log(m, step=step)
+            if bar is not None:
+                bar.update(1)
+            if ckpt_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
+                save(step)
+    except KeyboardInterrupt:
+        save(step)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if run is not None:
+            run.finish()
+    save(step)
+    if out_dir is not None and step == cfg.n_steps:
+        cc.save(out_dir / FINAL_DIR, fold=True)
+    return TrainResult(cc, metrics, metrics[-1] if metrics else {}, step, out_dir)
+
+
+def _wandb_run(cfg: TrainConfig, cc_cfg: CrosscoderConfig):
+    try:
+        import wandb
+    except ImportError as err:
+        raise ImportError("TrainConfig.wandb=True needs the wandb package (pip install wandb)") from err
+    return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name,
+                      config={"train": cfg.to_dict(), "crosscoder": cc_cfg.to_dict()})
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+def _apply_override(config: dict, assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"--set wants key=value (dotted key), got {assignment!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    node = config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = parsed
+
+
+def run_from_config(config: dict):
+    """Train from a run description (what the command line reads); returns the :class:`TrainResult`.
+
+    Keys: ``model`` (a ``load_model`` name or folder), ``hookpoints`` (``"paper"`` or a list),
+    ``data`` (``n_texts``, ``context_len``, ``batch_size``, ``seed``, optional ``texts_file`` with
+    one text per line instead of the embedded corpus), ``buffer`` (``capacity_tokens``,
+    ``exclude_first``, ``cache_dir``), ``crosscoder`` (CrosscoderConfig fields), ``train``
+    (TrainConfig fields), ``out_dir``.
+    """
+    from crosscoder_lib import data as data_mod
+    from crosscoder_lib.harvest import ActivationBuffer
+    from crosscoder_lib.hookpoints import paper_hookpoints
+    from crosscoder_lib.loading import load_model
+
+    unknown = sorted(set(config) - {"model", "hookpoints", "data", "buffer", "crosscoder", "train", "out_dir"})
+    if unknown:
+        raise ValueError(f"unknown run-config key(s) {unknown}")
+    tcfg = TrainConfig.from_dict(config.get("train", {}))
+    bridge = load_model(config["model"], device=tcfg.device)
+    hp = config.get("hookpoints", "paper")
+    hookpoints = paper_hookpoints(bridge.cfg.n_layers) if hp == "paper" else list(hp)
+    d = {"n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0} | config.get("data", {})
+    if "texts_file" in d:
+        texts = [line for line in Path(d["texts_file"]).read_text().splitlines() if line.strip()]
+    else:
+        texts = data_mod.embedded_texts(d["n_texts"])
+
+    def tokens():
+        return data_mod.token_batches(texts, bridge.tokenizer, batch_size=d["batch_size"],
+                                      context_len=d["context_len"], seed=d["seed"], epochs=None)
+
+    buf_cfg = {"capacity_tokens": 16384, "exclude_first": True, "cache_dir": None} | config.get("buffer", {})
+    source = ActivationBuffer(bridge, tokens, hookpoints, batch_size=tcfg.batch_size, seed=tcfg.seed, **buf_cfg)
+    cc_cfg = CrosscoderConfig.from_dict({"hookpoints": hookpoints, "d_model": bridge.cfg.d_model}
+                                        | config.get("crosscoder", {}))
+    mlp = None
+    if tcfg.lambda_int > 0:
+        from crosscoder_lib.mlp import mlp_weights
+        mlp = mlp_weights(bridge)
+    out_dir = config.get("out_dir")
+    result = train(tcfg, source, crosscoder=cc_cfg, mlp=mlp, out_dir=out_dir)
+    if out_dir is not None:
+        Path(out_dir, "run_config.json").write_text(json.dumps(config, indent=2))
+        Path(out_dir, "final_metrics.json").write_text(json.dumps(result.final, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``crosscoder-train run.json [--set key=value ...]``: train from a run-config file."""
+    parser = argparse.ArgumentParser(prog="crosscoder-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="run-config JSON file (see crosscoder_lib.training.run_from_config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted key, e.g. train.lr=3e-4 (value parsed as JSON)")
+    args = parser.parse_args(argv)
+    config = json.loads(Path(args.config).read_text())
+    for assignment in args.set:
+        _apply_override(config, assignment)
+    result = run_from_config(config)
+    print(json.dumps({"step": result.step, **result.final}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

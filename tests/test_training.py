@@ -1,0 +1,205 @@
+"""Training: config validation, determinism, resume, failure handling, λ > 0 path, command line."""
+
+import json
+
+import pytest
+import torch
+
+from crosscoder_lib.checkpoint import has_training_state
+from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
+from crosscoder_lib.training import NonFiniteError, TrainConfig, main, train
+
+HP = ["blocks.0.hook_resid_pre", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post"]
+
+
+def sparse_synthetic(T=2048, n_true=48, active=3, X=3, D=16, seed=0):
+    """Activations that are exactly sparse sums of ``n_true`` ground-truth crosscoder features."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_true, X, D, generator=g)
+    dirs /= dirs.norm(dim=-1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_true, generator=g)[:active] for _ in range(T)])
+    val = torch.rand(T, active, generator=g) + 0.5
+    a = torch.zeros(T, n_true).scatter_(1, idx, val)
+    return torch.einsum("th,hxd->txd", a, dirs) * torch.tensor([1.0, 5.0, 20.0])[None, :, None]
+
+
+def _cc_cfg(**kw):
+    return CrosscoderConfig(**({"hookpoints": HP, "d_model": 16, "n_features": 64, "k": 3,
+                                "dead_steps": 20} | kw))
+
+
+def _tcfg(**kw):
+    return TrainConfig(**({"n_steps": 40, "batch_size": 64, "lr": 3e-3, "progress": False,
+                           "log_every": 5, "checkpoint_every": 10} | kw))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny tensors: a second thread only adds synchronisation (and contention on a shared CI box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def acts():
+    return sparse_synthetic()
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        TrainConfig(lr=-1e-4)
+    with pytest.raises(ValueError, match=r"lambda_int \(λ\) must be >= 0"):
+        TrainConfig(lambda_int=-1.0)
+    with pytest.raises(ValueError, match="penalty_form"):
+        TrainConfig(penalty_form="squared")
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    cfg = TrainConfig(n_steps=100, warmup_frac=0.1, decay_frac=0.2, lr=1.0)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    lrs = [cfg.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
+    assert lrs[80] == 1.0 and lrs[99] == pytest.approx(0.05)  # linear decay to 0
+    with pytest.raises(ValueError, match="needs the model's MLP weights"):
+        train(TrainConfig(lambda_int=10.0, progress=False), torch.zeros(10, 3, 16), crosscoder=_cc_cfg())
+
+
+def test_learns_sparse_synthetic_data(acts, tmp_path):
+    r = train(_tcfg(n_steps=300, checkpoint_every=0, log_every=50), acts,
+              crosscoder=_cc_cfg(), out_dir=tmp_path)
+    first, last = r.metrics[0], r.final
+    assert last["fvu"] < 0.1 < first["fvu"]
+    assert last["l0"] == pytest.approx(3.0)  # BatchTopK: k per token on average
+    assert last["dead_fraction"] < 0.5
+    # the exported model is folded and reproduces the in-memory one
+    back = Crosscoder.from_pretrained(tmp_path / "crosscoder").eval()
+    r.crosscoder.eval()
+    assert torch.allclose(back(acts[:256]).recon_BXD, r.crosscoder(acts[:256]).recon_BXD, rtol=1e-3, atol=1e-3)
+    assert json.loads((tmp_path / "train_config.json").read_text())["n_steps"] == 300
+
+
+def test_auxk_revives_dead_features():
+    """Half the features pushed far below threshold (b_enc = -3) on data with more true features
+    than the dictionary: AuxK on raw pre-activations brings many back; without it none return,
+    nor with the ReLU'd pre-activations of Gao et al. (which give such features no gradient)."""
+    import crosscoder_lib.training as training_mod
+    from crosscoder_lib.activations import SparseCodes, auxk_codes
+
+    data = sparse_synthetic(T=2048, n_true=160, active=4)
+
+    def run(alpha, codes_fn=auxk_codes):
+        cc = Crosscoder(_cc_cfg(n_features=64, k=4, aux_alpha=alpha))
+        with torch.no_grad():
+            cc.b_enc_H[:32] = -3.0
+        old, training_mod.auxk_codes = training_mod.auxk_codes, codes_fn
+        try:
+            return train(_tcfg(n_steps=400, checkpoint_every=0, log_every=400), data, crosscoder=cc)
+        finally:
+            training_mod.auxk_codes = old
+
+    def relu_codes(pre, dead, k):
+        c = auxk_codes(pre, dead, k)
+        return None if c is None else SparseCodes(c.idx_BK, c.val_BK.relu())
+
+    assert run(0.0).final["dead_fraction"] == 0.5
+    assert run(1 / 32, relu_codes).final["dead_fraction"] == 0.5
+    assert run(1 / 32).final["dead_fraction"] < 0.45  # at least 3 of the 32 back within 400 steps
+
+
+def test_same_seed_gives_identical_metrics(acts):
+    a = train(_tcfg(), acts, crosscoder=_cc_cfg())
+    b = train(_tcfg(), acts, crosscoder=_cc_cfg())
+    assert a.metrics == b.metrics
+    assert torch.equal(a.crosscoder.W_dec_HXD, b.crosscoder.W_dec_HXD)
+    c = train(_tcfg(seed=1), acts, crosscoder=_cc_cfg())
+    assert c.metrics != a.metrics
+
+
+@pytest.mark.parametrize("source_kind", ["tensor", "list"])
+def test_resume_equals_uninterrupted(acts, tmp_path, source_kind):
+    # a list of odd-sized batches exercises re-batching and replay across passes
+    source = acts if source_kind == "tensor" else list(acts[:700].split(90))
+    full = train(_tcfg(), source, crosscoder=_cc_cfg(), out_dir=tmp_path / "full")
+    part = train(_tcfg(), source, crosscoder=_cc_cfg(), out_dir=tmp_path / "split", stop_at_step=23)
+    assert part.step == 23 and has_training_state(tmp_path / "split" / "checkpoint")
+    assert not (tmp_path / "split" / "crosscoder").exists()  # not finished yet
+    rest = train(_tcfg(), source, crosscoder=_cc_cfg(), out_dir=tmp_path / "split")
+    assert rest.step == 40
+    assert rest.metrics == full.metrics
+    for (n, a), (_, b) in zip(full.crosscoder.state_dict().items(), rest.crosscoder.state_dict().items()):
+        assert torch.equal(a, b), n
+    with pytest.raises(ValueError, match="configuration changed.*train.lr"):
+        train(_tcfg(lr=1e-2), source, crosscoder=_cc_cfg(), out_dir=tmp_path / "split")
+
+
+def test_nan_stops_with_step_and_hookpoint_and_keeps_last_good(acts, tmp_path):
+    batches = list(acts[:64 * 6].split(64))
+    batches[4] = batches[4].clone()
+    batches[4][7, 1, 3] = float("nan")
+    with pytest.raises(NonFiniteError) as err:
+        train(_tcfg(n_norm_batches=2, checkpoint_every=2), batches, crosscoder=_cc_cfg(), out_dir=tmp_path)
+    msg = str(err.value)
+    assert "step 4" in msg and "blocks.0.ln2.hook_normalized" in msg and "checkpoint" in msg
+    meta = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
+    assert meta["step"] == 4
+    # the kept state is the one after 4 good steps: identical to a clean 4-step run
+    good = train(_tcfg(n_norm_batches=2, checkpoint_every=2), batches[:4], crosscoder=_cc_cfg(),
+                 stop_at_step=4)
+    kept = Crosscoder.from_pretrained(tmp_path / "checkpoint")
+    assert torch.equal(kept.W_dec_HXD, good.crosscoder.W_dec_HXD)
+    assert torch.isfinite(kept.W_enc_XDH).all()
+
+
+def test_empty_or_exhausted_source(acts):
+    with pytest.raises(ValueError, match="empty"):
+        train(_tcfg(), [], crosscoder=_cc_cfg())
+    one_shot = iter(list(acts[:64 * 3].split(64)))
+    with pytest.raises(ValueError, match="one-shot iterator that ran out"):
+        train(_tcfg(n_norm_batches=1), one_shot, crosscoder=_cc_cfg())
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(_tcfg(), acts[:10], crosscoder=_cc_cfg())
+
+
+def test_relu_and_jumprelu_train(acts):
+    for cfg in (_cc_cfg(activation="relu", sparsity_coeff=3e-3), _cc_cfg(activation="jumprelu", sparsity_coeff=1e-2,
+                                                                          jumprelu_bandwidth=0.05)):
+        r = train(_tcfg(n_steps=60, checkpoint_every=0), acts, crosscoder=cfg)
+        assert r.final["fvu"] < r.metrics[0]["fvu"]
+        assert r.final["l0"] < 64
+
+
+def test_interaction_penalty_path():
+    interactions = pytest.importorskip("crosscoder_lib.interactions")
+    from crosscoder_lib.mlp import MLPWeights
+
+    g = torch.Generator().manual_seed(0)
+    mlp = MLPWeights(torch.randn(1, 16, 24, generator=g) / 4, torch.zeros(1, 24),
+                     torch.randn(1, 24, 16, generator=g) / 5, torch.zeros(1, 16), "relu")
+    acts = sparse_synthetic(T=512)
+    r = train(_tcfg(n_steps=10, lambda_int=5.0), acts, crosscoder=_cc_cfg(), mlp=mlp)
+    assert {"penalty", "dominant_share"} <= set(r.final)
+    assert 0 < r.final["dominant_share"] <= 1
+    assert interactions.interaction_penalty is not None
+
+
+def test_command_line(tmp_path, monkeypatch):
+    from crosscoder_lib.loading import save_random_tinystories_like
+
+    folder = save_random_tinystories_like(tmp_path / "model", n_blocks=2, d_model=16, d_mlp=32,
+                                          context_len=16)
+    config = {"model": str(folder), "hookpoints": "paper",
+              "data": {"n_texts": 40, "context_len": 16, "batch_size": 8},
+              "buffer": {"capacity_tokens": 256},
+              "crosscoder": {"n_features": 32, "k": 4},
+              "train": {"n_steps": 6, "batch_size": 32, "progress": False, "n_norm_batches": 1},
+              "out_dir": str(tmp_path / "run")}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    assert main([str(path), "--set", "train.lr=0.001"]) == 0
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["step"] == 6 and 0 < final["fvu"]
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["train"]["lr"] == 0.001
+    cc = Crosscoder.from_pretrained(tmp_path / "run" / "crosscoder")
+    assert len(cc.cfg.hookpoints) == 9
