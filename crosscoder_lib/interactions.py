@@ -90,8 +90,11 @@ def unpack_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
     return idx_BK.long(), val_BK
 
 
-def _checked_ids(idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int) -> torch.Tensor:
-    """Feature ids with padded slots pointed at feature 0 (never read: their value is 0)."""
+def checked_ids(idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Feature ids with padded slots pointed at feature 0 (never read: their value is 0).
+
+    Raises ``ValueError`` for an active id outside ``[0, n_features)`` or a feature listed twice.
+    """
     active = val_BK.detach() != 0
     idx_BK = torch.where(active, idx_BK, torch.zeros_like(idx_BK))
     if idx_BK.numel() and (idx_BK.min() < 0 or idx_BK.max() >= n_features):
@@ -109,8 +112,10 @@ def _checked_ids(idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int) ->
     return idx_BK
 
 
-def _trim_padding(idx_BK: torch.Tensor, val_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move active slots first (stable) and drop the slots that are padded in every token.
+def active_slots_first(idx_BK: torch.Tensor, val_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each token's active slots first (stable) and drop the slots that are padded in every token.
+
+    After this, token ``t``'s active features are slots ``0 … a_t − 1`` in their original order.
 
     BatchTopK codes are padded to the batch's largest active count; trimming makes the cost scale
     with that count instead of the padded width. Values are gathered, so gradients flow through.
@@ -184,9 +189,13 @@ def feature_contributions(codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> to
     """
     idx_BK, val_BK = unpack_codes(codes)
     G_LHN = neuron_weights(W_dec_LHD, mlp)
-    idx_BK = _checked_ids(idx_BK, val_BK, G_LHN.shape[1])
-    p_LTKN = val_BK[None, :, :, None] * G_LHN[:, idx_BK]
-    return p_LTKN.transpose(2, 3)
+    idx_BK = checked_ids(idx_BK, val_BK, G_LHN.shape[1])
+    return torch.stack([block_contributions(idx_BK, val_BK, G_HN) for G_HN in G_LHN])
+
+
+def block_contributions(idx_BK: torch.Tensor, val_BK: torch.Tensor, G_HN: torch.Tensor) -> torch.Tensor:
+    """One block's ``p_TNK[t, n, k] = val[t, k] · G[idx[t, k], n]`` (ids already checked)."""
+    return (val_BK[:, :, None] * G_HN[idx_BK]).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,8 +334,8 @@ def dominant_share(codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens
     idx_BK, val_BK = unpack_codes(codes)
     with torch.no_grad():
         absG_LHN = neuron_weights(W_dec_LHD.detach(), mlp).abs_()
-        idx_BK = _checked_ids(idx_BK, val_BK, absG_LHN.shape[1])
-        idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+        idx_BK = checked_ids(idx_BK, val_BK, absG_LHN.shape[1])
+        idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
         total = sum(_share_sum(c.sum_cN, c.max_cN) for c in _chunks(idx_BK, val_BK, absG_LHN, chunk_tokens, False))
         return total / (absG_LHN.shape[0] * idx_BK.shape[0] * absG_LHN.shape[2])
 
@@ -358,8 +367,8 @@ def interaction_penalty(
     idx_BK, val_BK = unpack_codes(codes)
     G_LHN = neuron_weights(W_dec_LHD, mlp)
     L, H, N = G_LHN.shape
-    idx_BK = _checked_ids(idx_BK, val_BK, H)
-    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    idx_BK = checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
     B, K = idx_BK.shape
     w_LN = _weights_LN(mlp, G_LHN) if form == "weighted" else None
     total, share = _PenaltySum.apply(val_BK.abs(), G_LHN, idx_BK, w_LN, chunk_tokens)
@@ -381,8 +390,8 @@ def interaction_matrix(
     idx_BK, val_BK = unpack_codes(codes)
     G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
     L, H, N = G_LHN.shape
-    idx_BK = _checked_ids(idx_BK, val_BK, H)
-    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    idx_BK = checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
     B, K = idx_BK.shape
     w_LN = _weights_LN(mlp, G_LHN)
     M_LHH = torch.zeros(L, H, H, dtype=G_LHN.dtype, device=G_LHN.device)
@@ -417,8 +426,8 @@ def token_interaction_scores(
     idx_BK, val_BK = unpack_codes(codes)
     G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
     L, H, N = G_LHN.shape
-    idx_BK = _checked_ids(idx_BK, val_BK, H)
-    idx_BK, val_BK = _trim_padding(idx_BK, val_BK)
+    idx_BK = checked_ids(idx_BK, val_BK, H)
+    idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
     w_LN = _weights_LN(mlp, G_LHN)
     scores_LT = torch.zeros(L, idx_BK.shape[0], dtype=G_LHN.dtype, device=G_LHN.device)
     for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, False):

@@ -83,6 +83,10 @@ class MLPWeights(NamedTuple):
         """``‖W_out[l][k]‖``: how far neuron ``k`` of block ``l`` can move the residual stream per unit."""
         return self.W_out_LND.norm(dim=-1)
 
+    def select(self, blocks: slice) -> "MLPWeights":
+        """The weights of a slice of blocks (e.g. ``slice(l, l + 1)``)."""
+        return MLPWeights(*(t[blocks] for t in self[:4]), act_fn=self.act_fn)
+
     def to(self, device=None, dtype=None) -> "MLPWeights":
         return MLPWeights(
             *(t.to(device=device, dtype=dtype) for t in self[:4]), act_fn=self.act_fn

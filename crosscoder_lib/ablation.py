@@ -1,0 +1,217 @@
+"""MLP ablation fidelity (the paper's Figure 2): how much of an MLP's effect survives when each
+neuron sees only some of its features.
+
+For block ``l`` and each token, the crosscoder's codes give per-feature pre-activation
+contributions ``p[t, n, v]`` (:mod:`crosscoder_lib.interactions`). A *scheme* chooses, for every
+``(t, n)`` independently, which active features' contributions the neuron keeps:
+
+=================  ===========================================================================
+``none``           all active features (the full reconstruction)
+``drop_random``    all but one active feature drawn uniformly at random (seeded)
+``drop_second``    all but the second largest ``|p|`` (nothing dropped with one active feature)
+``drop_largest``   all but the dominant feature ``argmax_v |p|``
+``keep_largest``   only the dominant feature
+``zero``           none (only the bias ``β``): the baseline
+=================  ===========================================================================
+
+The MLP is recomputed from ``z[t, n] = Σ_{v kept} p[t, n, v] + β[n]`` and ``blocks.l.hook_resid_post``
+is replaced by ``resid_mid̂ + σ(z) W_out + b_out``, with ``resid_mid̂`` the crosscoder's
+reconstruction of ``blocks.l.hook_resid_mid``. With ``L`` the mean next-token loss,
+
+    Φ(scheme) = 1 − (L_scheme − L_model) / (L_zero − L_model)
+
+so ``Φ(zero) = 0`` and a patch that changes nothing scores 1. Positions follow the harvest policy
+(``exclude_first``: the BOS position is neither patched nor scored), as in
+:mod:`crosscoder_lib.evaluation`. The dominant feature is the one of :mod:`crosscoder_lib.interactions`
+(lowest slot on ties); padded slots are never features and are never dropped or kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from crosscoder_lib.harvest import harvest
+from crosscoder_lib.hookpoints import resid_mid_slots
+from crosscoder_lib.interactions import (
+    active_slots_first,
+    block_contributions,
+    checked_ids,
+    mlp_input_decoder,
+    neuron_bias,
+    neuron_weights,
+)
+from crosscoder_lib.mlp import MLPWeights, mlp_from_preactivation
+
+SCHEMES = ("none", "drop_random", "drop_second", "drop_largest", "keep_largest")
+ALL_SCHEMES = SCHEMES + ("zero",)
+
+
+def _ranked_slots(p_TNK: torch.Tensor, n_active_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots of the largest and second-largest ``|p|`` among each token's active slots ``0 … a_t−1``
+    (lowest slot on ties; ``torch.argmax`` returns the first maximum)."""
+    K = p_TNK.shape[-1]
+    inactive = torch.arange(K, device=p_TNK.device)[None, :] >= n_active_T[:, None]  # [T, K]
+    score = p_TNK.abs().masked_fill(inactive[:, None, :], -1.0)
+    first = score.argmax(-1)
+    second = score.scatter(-1, first[..., None], -2.0).argmax(-1)
+    return first, second
+
+
+def keep_mask(p_TNK: torch.Tensor, n_active_T: torch.Tensor, scheme: str,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which contributions each neuron keeps under ``scheme``: a bool ``[T, N, K]``.
+
+    Token ``t``'s active features are slots ``0 … n_active_T[t] − 1`` (see
+    :func:`crosscoder_lib.interactions.active_slots_first`). ``drop_random`` draws one uniform
+    ``u[t, n]`` per neuron from ``generator`` and drops active slot ``⌊u · a_t⌋``.
+    """
+    if scheme not in ALL_SCHEMES:
+        raise ValueError(f"unknown ablation scheme {scheme!r}; choose one of {ALL_SCHEMES}")
+    T, N, K = p_TNK.shape
+    slots_K = torch.arange(K, device=p_TNK.device)
+    active = (slots_K[None, :] < n_active_T[:, None])[:, None, :].expand(T, N, K)
+    if scheme == "none":
+        return active.clone()
+    if scheme == "zero":
+        return torch.zeros_like(active)
+    first, second = _ranked_slots(p_TNK, n_active_T)
+    has_any = (n_active_T > 0)[:, None]
+    if scheme == "keep_largest":
+        return (slots_K == first[..., None]) & has_any[..., None]
+    if scheme == "drop_largest":
+        target = first
+    elif scheme == "drop_second":
+        target = torch.where((n_active_T >= 2)[:, None], second, -1)
+    else:  # drop_random
+        u = torch.rand(T, N, generator=generator, device="cpu").to(p_TNK.device)
+        target = (u * n_active_T[:, None]).long().clamp_max(K - 1)
+        target = torch.where(has_any, target, -1)
+    return active & (slots_K != target[..., None])
+
+
+def fidelity(loss_scheme: float, loss_model: float, loss_zero: float) -> float:
+    """``Φ = 1 − (L_scheme − L_model) / (L_zero − L_model)`` (nan when ``L_zero == L_model``)."""
+    gap = loss_zero - loss_model
+    return 1.0 - (loss_scheme - loss_model) / gap if gap != 0 else float("nan")
+
+
+class AblationResult(NamedTuple):
+    """Fidelity of every scheme at one block (``._asdict()`` is JSON-ready)."""
+
+    block: int
+    loss_model: float
+    """Mean next-token loss of the unmodified model."""
+    loss: dict
+    """Scheme -> mean loss with the block's ``resid_post`` patched (includes ``"zero"``)."""
+    fidelity: dict
+    """Scheme -> Φ (``"zero"`` is 0 by definition)."""
+    n_tokens: int
+    """Predictions averaged over."""
+    seed: int
+
+
+@torch.no_grad()
+def scheme_resid_post(codes, crosscoder, mlp: MLPWeights, block: int, schemes=ALL_SCHEMES,
+                      generator: torch.Generator | None = None, recon_BXD: torch.Tensor | None = None,
+                      chunk_tokens: int = 256) -> dict[str, torch.Tensor]:
+    """Scheme -> patched ``resid_post`` ``[T, D]`` of ``block`` for tokens with ``codes`` (see module docstring).
+
+    ``recon_BXD`` (the crosscoder's reconstruction of these codes) is decoded when not given.
+    Work is chunked over tokens, so memory is ``chunk_tokens · N · K`` plus ``T · N`` per scheme.
+    """
+    for s in schemes:
+        if s not in ALL_SCHEMES:
+            raise ValueError(f"unknown ablation scheme {s!r}; choose one of {ALL_SCHEMES}")
+    W_dec_LHD, b_dec_LD = mlp_input_decoder(crosscoder)
+    W_dec_LHD = W_dec_LHD.detach()
+    mlp = mlp.to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
+    one = slice(block, block + 1)
+    G_HN = neuron_weights(W_dec_LHD[one], mlp.select(one))[0]
+    beta_N = neuron_bias(b_dec_LD[one].detach(), mlp.select(one))[0]
+    idx_BK, val_BK = codes.idx_BK, codes.val_BK.to(G_HN.dtype)
+    idx_BK = checked_ids(idx_BK, val_BK, G_HN.shape[0])
+    idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
+    n_active_T = (val_BK != 0).sum(1)
+    T = idx_BK.shape[0]
+    z = {s: beta_N.expand(T, -1).clone() for s in schemes}
+    for start in range(0, T, chunk_tokens):
+        sl = slice(start, min(start + chunk_tokens, T))
+        p_TNK = block_contributions(idx_BK[sl], val_BK[sl], G_HN)
+        for s in schemes:
+            if s != "zero":
+                z[s][sl] += (p_TNK * keep_mask(p_TNK, n_active_T[sl], s, generator)).sum(-1)
+    if recon_BXD is None:
+        recon_BXD = crosscoder.decode(codes)
+    mid_slot = resid_mid_slots(crosscoder.cfg.hookpoints)[block]
+    resid_mid_TD = recon_BXD[:, mid_slot].to(G_HN.dtype)
+    return {s: resid_mid_TD + mlp_from_preactivation(z[s], mlp, block) for s in schemes}
+
+
+@torch.no_grad()
+def ablation_fidelity(bridge, crosscoder, mlp: MLPWeights, token_batches: Iterable[torch.Tensor], *,
+                      blocks: list[int] | None = None, schemes=SCHEMES, seed: int = 0,
+                      exclude_first: bool = True, max_batches: int | None = None,
+                      progress: bool = True) -> list[AblationResult]:
+    """Φ of every scheme at every block in ``blocks`` (default: all) over held-out ``token_batches``.
+
+    ``token_batches``: LongTensors ``[B, S]`` (BOS-first, ``crosscoder_lib.data``) the crosscoder
+    was not trained on. ``drop_random`` draws from ``torch.Generator().manual_seed(seed)``, in a
+    fixed order (batch, block, chunk), so a run is reproducible. Codes are the crosscoder's in eval
+    mode (BatchTopK: its inference threshold, so codes do not depend on batch-mates).
+    """
+    names = list(crosscoder.cfg.hookpoints)
+    n_blocks = len(resid_mid_slots(names))
+    blocks = list(range(n_blocks)) if blocks is None else list(blocks)
+    bad = [b for b in blocks if not 0 <= b < n_blocks]
+    if bad:
+        raise ValueError(f"block(s) {bad} out of range: the crosscoder's hookpoints cover blocks 0…{n_blocks - 1}")
+    schemes = tuple(s for s in schemes if s != "zero")
+    run_schemes = schemes + ("zero",)
+    start = 1 if exclude_first else 0
+    generator = torch.Generator().manual_seed(seed)
+    device = crosscoder.W_dec_HXD.device
+    was_training = crosscoder.training
+    crosscoder.eval()
+    totals = {b: {s: 0.0 for s in run_schemes} for b in blocks}
+    total_model, n_tok = 0.0, 0
+
+    def loss_sum(tokens, fwd_hooks) -> float:
+        per_tok = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type="loss", loss_per_token=True)
+        return float(per_tok[:, start:].sum())
+
+    try:
+        batches = token_batches if max_batches is None else (b for i, b in zip(range(max_batches), token_batches))
+        for tokens in tqdm(batches, desc="ablation", disable=not progress, total=max_batches):
+            tokens = tokens.to(bridge.cfg.device)
+            n_seq, seq = tokens.shape
+            acts = harvest(bridge, tokens, names, exclude_first=exclude_first).to(device)
+            codes = crosscoder.encode(acts)
+            recon = crosscoder.decode(codes)
+            total_model += loss_sum(tokens, [])
+            n_tok += n_seq * (seq - 1 - start)
+            for b in blocks:
+                patched = scheme_resid_post(codes, crosscoder, mlp, b, run_schemes, generator, recon)
+                for s, post_TD in patched.items():
+                    post_BSD = post_TD.view(n_seq, seq - start, -1)
+
+                    def patch(act, hook, new=post_BSD):
+                        out = act.clone()
+                        out[:, start:] = new.to(act.device, act.dtype)
+                        return out
+
+                    totals[b][s] += loss_sum(tokens, [(f"blocks.{b}.hook_resid_post", patch)])
+    finally:
+        crosscoder.train(was_training)
+    if n_tok == 0:
+        raise ValueError("no token batches to evaluate (or sequences too short)")
+    loss_model = total_model / n_tok
+    results = []
+    for b in blocks:
+        loss = {s: v / n_tok for s, v in totals[b].items()}
+        phi = {s: fidelity(loss[s], loss_model, loss["zero"]) for s in run_schemes}
+        results.append(AblationResult(b, loss_model, loss, phi, n_tok, seed))
+    return results
