@@ -138,7 +138,8 @@ class CrosscoderOutput(NamedTuple):
     """Result of :meth:`Crosscoder.forward`.
 
     Fields:
-        recon_BXD: reconstruction in the model's units (compare with the raw input).
+        recon_BXD: reconstruction in the model's units (compare with the raw input); None
+            when ``forward(..., raw=False)``.
         codes: the :class:`SparseCodes` of each token.
         pre_BH: pre-activations (what AuxK and the sparsity penalties read).
         x_scaled_BXD: the input times the per-hookpoint scale (the loss's target).
@@ -224,8 +225,10 @@ class Crosscoder(nn.Module):
     def pre_activations(self, x_BXD: torch.Tensor) -> torch.Tensor:
         """``pre_BH = Σ_x (s_x x_x) W_enc[x] + b_enc`` for raw inputs."""
         self._check_input(x_BXD)
-        x_scaled = x_BXD * self.input_scale_X[:, None]
-        return x_scaled.flatten(1) @ self.W_enc_XDH.flatten(0, 1) + self.b_enc_H
+        return self._pre_from_scaled(x_BXD * self.input_scale_X[:, None])
+
+    def _pre_from_scaled(self, x_scaled_BXD: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b_enc_H, x_scaled_BXD.flatten(1), self.W_enc_XDH.flatten(0, 1))
 
     def encode(self, x_BXD: torch.Tensor, return_pre: bool = False):
         """Codes of raw activations ``x_BXD``; with ``return_pre`` also ``pre_BH``: ``(codes, pre_BH)``."""
@@ -255,18 +258,27 @@ class Crosscoder(nn.Module):
         else:
             raise ValueError(f"unknown decode path {path!r}; use 'sparse' or 'dense'")
         out_BXD = out_BF.view(-1, self.n_slots, self.d_model)
-        return out_BXD + self.b_dec_XD if bias else out_BXD
+        # A frozen all-zero bias (the default) is skipped: one pass over the batch fewer.
+        if bias and (self.b_dec_XD.requires_grad or bool(self.b_dec_XD.any())):
+            out_BXD = out_BXD + self.b_dec_XD
+        return out_BXD
 
     def decode(self, codes: SparseCodes) -> torch.Tensor:
         """Reconstruction in the model's units: ``x̂_x = (Σ_v a_v W_dec[v, x] + b_dec[x]) / s_x``."""
         return self.decode_scaled(codes) / self.input_scale_X[:, None]
 
-    def forward(self, x_BXD: torch.Tensor) -> CrosscoderOutput:
-        """Encode raw ``x_BXD`` ``[B, X, D]`` and reconstruct it; see :class:`CrosscoderOutput`."""
-        codes, pre_BH = self.encode(x_BXD, return_pre=True)
+    def forward(self, x_BXD: torch.Tensor, *, raw: bool = True) -> CrosscoderOutput:
+        """Encode raw ``x_BXD`` ``[B, X, D]`` and reconstruct it; see :class:`CrosscoderOutput`.
+
+        ``raw=False`` skips the reconstruction in model units (``recon_BXD`` is None): the
+        training loss only needs the normalised one.
+        """
+        self._check_input(x_BXD)
         x_scaled_BXD = x_BXD * self.input_scale_X[:, None]
+        pre_BH = self._pre_from_scaled(x_scaled_BXD)
+        codes = self.activation(pre_BH)
         recon_scaled_BXD = self.decode_scaled(codes)
-        recon_BXD = recon_scaled_BXD / self.input_scale_X[:, None]
+        recon_BXD = recon_scaled_BXD / self.input_scale_X[:, None] if raw else None
         return CrosscoderOutput(recon_BXD, codes, pre_BH, x_scaled_BXD, recon_scaled_BXD)
 
     # -- views used by the interaction analysis ------------------------------------------------

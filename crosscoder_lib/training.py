@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from crosscoder_lib.activations import FiringTracker, SparseCodes, auxk_codes, l0
 from crosscoder_lib.checkpoint import (
@@ -251,17 +252,23 @@ def aux_loss(crosscoder: Crosscoder, pre_BH: torch.Tensor, residual_BXD: torch.T
 
 
 def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfig, dead_H: torch.Tensor,
-                 mlp=None, mlp_slots: list[int] | None = None) -> StepOutput:
-    """All loss terms of one batch of raw activations (see the module docstring)."""
-    out = crosscoder(acts_BXD)
-    err_BXD = out.recon_scaled_BXD - out.x_scaled_BXD
-    mse = err_BXD.pow(2).sum((1, 2)).mean()
-    with torch.no_grad():
-        var = (out.x_scaled_BXD - out.x_scaled_BXD.mean(0)).pow(2).sum((1, 2)).mean()
-        fvu = mse.detach() / var.clamp_min(1e-12)
+                 mlp=None, mlp_slots: list[int] | None = None, with_fvu: bool = True) -> StepOutput:
+    """All loss terms of one batch of raw activations (see the module docstring).
+
+    ``with_fvu=False`` skips the FVU metric (NaN then), which costs a pass over the batch.
+    """
+    out = crosscoder(acts_BXD, raw=False)
+    B = acts_BXD.shape[0]
+    mse = F.mse_loss(out.recon_scaled_BXD, out.x_scaled_BXD, reduction="sum") / B
+    fvu = torch.tensor(float("nan"))
+    if with_fvu:
+        with torch.no_grad():
+            var = out.x_scaled_BXD.var(0, unbiased=False).sum()
+            fvu = mse.detach() / var.clamp_min(1e-12)
     aux = out.pre_BH.new_zeros(())
-    if crosscoder.cfg.aux_alpha > 0:
-        aux = aux_loss(crosscoder, out.pre_BH, -err_BXD.detach(), dead_H)
+    if crosscoder.cfg.aux_alpha > 0 and bool(dead_H.any()):
+        residual_BXD = (out.x_scaled_BXD - out.recon_scaled_BXD).detach()
+        aux = aux_loss(crosscoder, out.pre_BH, residual_BXD, dead_H)
     sparsity = crosscoder.activation.sparsity_penalty(out.pre_BH, out.codes, crosscoder.decoder_norms_H())
     loss = mse + crosscoder.cfg.aux_alpha * aux + sparsity
     penalty = share = None
@@ -273,6 +280,27 @@ def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfi
     return StepOutput(loss, mse, fvu, aux, sparsity, l0(out.codes).float().mean(), out.codes, penalty, share)
 
 
+def training_step(crosscoder: Crosscoder, optimizer: torch.optim.Optimizer, acts_BXD: torch.Tensor,
+                  cfg: TrainConfig, tracker: FiringTracker, lr: float, mlp=None,
+                  mlp_slots: list[int] | None = None, with_fvu: bool = True) -> StepOutput:
+    """One optimiser step on raw ``acts_BXD``: loss, backward, clipping, Adam, firing tracker.
+
+    If the loss is not finite nothing is updated (the caller decides what to do).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    s = compute_loss(crosscoder, acts_BXD, cfg, tracker.dead_H, mlp, mlp_slots, with_fvu)
+    if not torch.isfinite(s.loss):
+        return s
+    optimizer.zero_grad(set_to_none=True)
+    s.loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip, foreach=True)
+    optimizer.step()
+    tracker.update(s.codes)
+    return s
+
+
 def _nonfinite_slots(acts_BXD: torch.Tensor) -> list[int]:
     # A sum is non-finite iff some element is (inf - inf gives nan), at the cost of one reduction.
     per_slot = acts_BXD.sum(dim=(0, 2))
@@ -281,9 +309,14 @@ def _nonfinite_slots(acts_BXD: torch.Tensor) -> list[int]:
 
 # -- the loop ---------------------------------------------------------------------------------------
 
-def _make_optimizer(crosscoder: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
+def make_optimizer(crosscoder: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
     params = [p for p in crosscoder.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+    # The fused kernel is ~5x faster than the default on CPU at the paper's size (the update of
+    # 2 x 20M parameters otherwise costs as much as the matrix products); same update rule.
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig, cc_cfg: CrosscoderConfig, path: Path) -> None:
@@ -339,7 +372,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
         if mlp.n_blocks != len(mlp_slots):
             raise ValueError(f"mlp has {mlp.n_blocks} blocks but the hookpoints have {len(mlp_slots)} "
                              f"MLP-input slots")
-    optimizer = _make_optimizer(cc, cfg)
+    optimizer = make_optimizer(cc, cfg)
     tracker = FiringTracker(cc.n_features, cc.cfg.dead_steps).to(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / CHECKPOINT_DIR if out_dir is not None else None
@@ -396,25 +429,17 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
                     + (f"The last good state (after {step} steps) is checkpointed at {path}."
                        if path else "The crosscoder keeps its last good state (pass out_dir to checkpoint it)."))
             lr = cfg.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            s = compute_loss(cc, acts, cfg, tracker.dead_H, mlp, mlp_slots)
+            logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
+            s = training_step(cc, optimizer, acts, cfg, tracker, lr, mlp, mlp_slots, with_fvu=logging)
             if not torch.isfinite(s.loss):
-                optimizer.zero_grad(set_to_none=True)
                 path = save(step)
                 raise NonFiniteError(
                     f"the loss became non-finite at step {step} (mse={float(s.mse)}, aux={float(s.aux)}"
                     + (f", penalty={float(s.penalty)}" if s.penalty is not None else "")
                     + "); lower lr or lambda_int. "
                     + (f"Last good state checkpointed at {path}." if path else "The crosscoder keeps its last good state."))
-            optimizer.zero_grad(set_to_none=True)
-            s.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip)
-            optimizer.step()
-            tracker.update(s.codes)
             step += 1
-            if step % cfg.log_every == 0 or step == cfg.n_steps:
+            if logging:
                 m = {"step": step, "loss": float(s.loss.detach()), "mse": float(s.mse.detach()), "fvu": float(s.fvu),
                      "l0": float(s.l0), "aux": float(s.aux.detach()), "dead_fraction": tracker.dead_fraction, "lr": lr}
                 if s.penalty is not None:
