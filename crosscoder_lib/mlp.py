@@ -42,8 +42,9 @@ def lipschitz(act_fn: str) -> float:
     f = lambda z: activation(z, act_fn)  # noqa: E731  (validates the name on first use)
 
     def slope(z: torch.Tensor) -> torch.Tensor:
-        z = z.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(f(z).sum(), z)
+        with torch.enable_grad():  # callers may be under no_grad
+            z = z.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(f(z).sum(), z)
         return grad.abs()
 
     z = torch.linspace(-20.0, 20.0, 400_001, dtype=torch.float64)
