@@ -15,8 +15,8 @@ module is that path, for a GPU (Colab) or, at toy scale, a CPU:
 - measurement: :func:`backdoor_success_rate` (greedy generation, batched).
 
 **The data layout.** ``roneneldan/TinyStoriesInstruct`` stores one *line* per row; an example is a
-run of lines ``Features: …``, ``Words: …``, ``Summary: …``, ``Random sentence: …`` (any subset, any
-order) then ``Story:`` and the story's lines, closed by a row ``<|endoftext|>``. A local file in
+run of lines ``Features: …``, ``Words: …``, ``Summary: …``, ``Random sentence: …`` (any subset,
+any order) then ``Story:`` and the story's lines, closed by a row ``<|endoftext|>``. A local file in
 the same layout (the data set's own ``.txt`` files) reads the same way. An example is the text of
 its lines joined by newlines, without the ``<|endoftext|>`` (the packing of
 :mod:`crosscoder_lib.data` puts EOS between documents).
@@ -372,7 +372,8 @@ def lora_finetune(model, texts, recipe: LoraRecipe | None = None,
     torch.manual_seed(recipe.seed)
     with warnings.catch_warnings():
         # peft 0.21 asks transformers 5 a deprecated question; nothing for the caller to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing",
+                                category=FutureWarning)
         net = get_peft_model(base, recipe.lora_config()).to(dev)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)

