@@ -68,3 +68,14 @@ def test_held_out_splits(tok):
     assert data.split_held_out(train, 0.25, seed=0) == (a, b)
     docs = data.document_tokens(tok, held[:3])
     assert all(d[0] == BOS_ID and d[-1] == BOS_ID and BOS_ID not in d[1:-1] for d in docs)
+
+
+def test_hugging_face_dataset_source(tok):
+    datasets = pytest.importorskip("datasets")
+    texts = data.embedded_texts(20)
+    ds = datasets.Dataset.from_dict({"text": texts, "id": list(range(20))})
+    a = list(data.token_batches(ds, tok, batch_size=2, context_len=32, shuffle=False))
+    b = list(data.token_batches(texts, tok, batch_size=2, context_len=32, shuffle=False))
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(KeyError, match="columns"):
+        next(data.token_batches(ds, tok, batch_size=2, context_len=32, text_column="story"))
