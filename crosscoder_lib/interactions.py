@@ -210,10 +210,33 @@ def _abs_contributions(absG_HN, idx_cK, vabs_cK, buf) -> torch.Tensor:
     return absp.view(n, K, N).mul_(vabs_cK[:, :, None])
 
 
+class _Plan(NamedTuple):
+    """Tokens sorted by active count, cut into chunks, each trimmed to its own largest count."""
+
+    idx_BK: torch.Tensor  # rows in sorted order, active slots first
+    vabs_BK: torch.Tensor  # |val| in the same order (detached)
+    order_B: torch.Tensor  # original token of each sorted row
+    chunks: list  # (slice of sorted rows, slots K_c kept)
+    buffer_elements: int
+
+
+def _plan(idx_BK: torch.Tensor, vabs_BK: torch.Tensor, n_neurons: int, chunk_tokens: int | None) -> _Plan:
+    """Under BatchTopK a few tokens have many more features than the mean; sorting tokens by count
+    lets each chunk pay for its own largest count instead of the batch's (``active_slots_first``
+    must have been applied, so a chunk's active slots are its first ``K_c``)."""
+    B, K = idx_BK.shape
+    counts = (vabs_BK != 0).sum(1)
+    order = counts.argsort(stable=True)
+    counts_sorted = counts[order].tolist()
+    c = _chunk_tokens(K, n_neurons, chunk_tokens)
+    chunks = [(slice(a, min(a + c, B)), max(1, counts_sorted[min(a + c, B) - 1])) for a in range(0, B, c)]
+    return _Plan(idx_BK[order], vabs_BK[order], order, chunks, min(c, B) * K * n_neurons)
+
+
 class _Chunk(NamedTuple):
     block: int
-    tokens: slice
-    idx_cK: torch.Tensor
+    tokens: torch.Tensor  # original token indices of the chunk's rows
+    idx_cK: torch.Tensor  # their feature ids, the chunk's K_c slots (active first)
     absp_cKN: torch.Tensor | None  # |p|, when asked for (overwritten by the next chunk)
     sum_cN: torch.Tensor  # Σ_k |p|
     max_cN: torch.Tensor  # max_k |p|
@@ -230,20 +253,18 @@ def _chunks(
     ties) because PyTorch's index-returning max reduction is ~10× slower than these passes on CPU.
     """
     L, _, N = absG_LHN.shape
-    B, K = idx_BK.shape
-    c = _chunk_tokens(K, N, chunk_tokens)
-    vabs_BK = val_BK.detach().abs().to(absG_LHN.dtype)
-    desc_K = torch.arange(K - 1, -1, -1, dtype=absG_LHN.dtype, device=absG_LHN.device)[None, :, None]
-    buf = absG_LHN.new_empty(min(c, B) * K * N)
+    plan = _plan(idx_BK, val_BK.detach().abs().to(absG_LHN.dtype), N, chunk_tokens)
+    buf = absG_LHN.new_empty(plan.buffer_elements)
     mask = torch.empty_like(buf) if keep_absp else None
     for l in range(L):
-        for start in range(0, B, c):
-            sl = slice(start, min(start + c, B))
-            absp = _abs_contributions(absG_LHN[l], idx_BK[sl], vabs_BK[sl], buf)
+        for sl, k in plan.chunks:
+            idx = plan.idx_BK[sl, :k]
+            absp = _abs_contributions(absG_LHN[l], idx, plan.vabs_BK[sl, :k], buf)
             s, m = absp.sum(1), absp.amax(1)
             is_max = mask[: absp.numel()].view_as(absp).copy_(absp) if keep_absp else absp
-            dominant = (K - 1) - is_max.eq_(m[:, None, :]).mul_(desc_K).amax(1).long()
-            yield _Chunk(l, sl, idx_BK[sl], absp if keep_absp else None, s, m, dominant)
+            desc = torch.arange(k - 1, -1, -1, dtype=absG_LHN.dtype, device=absG_LHN.device)[None, :, None]
+            dominant = (k - 1) - is_max.eq_(m[:, None, :]).mul_(desc).amax(1).long()
+            yield _Chunk(l, plan.order_B[sl], idx, absp if keep_absp else None, s, m, dominant)
 
 
 def _share_sum(sum_cN: torch.Tensor, max_cN: torch.Tensor) -> torch.Tensor:
@@ -271,25 +292,23 @@ class _PenaltySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vabs_BK, G_LHN, idx_BK, w_LN, chunk_tokens):
         L, _, N = G_LHN.shape
-        B, K = idx_BK.shape
-        c = _chunk_tokens(K, N, chunk_tokens)
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         absG_LHN = G_LHN.abs()
-        buf = G_LHN.new_empty(min(c, B) * K * N)
+        plan = _plan(idx_BK, vabs_BK, N, chunk_tokens)
+        buf = G_LHN.new_empty(plan.buffer_elements)
         total = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
         share = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
         if want_grad:
             # Sum term first: d/d|val| = r[idx], d/d|G| = c ⊗ w; the max term is subtracted below.
             r_LH = absG_LHN.sum(-1) if w_LN is None else torch.einsum("lhn,ln->lh", absG_LHN, w_LN)
-            grad_vabs = r_LH[:, idx_BK].sum(0)
+            grad_sorted = r_LH[:, plan.idx_BK].sum(0)
             c_H = torch.zeros(G_LHN.shape[1], dtype=G_LHN.dtype, device=G_LHN.device)
             c_H.index_add_(0, idx_BK.reshape(-1), vabs_BK.reshape(-1))
             grad_G = c_H[None, :, None].expand_as(G_LHN).clone() if w_LN is None else c_H[None, :, None] * w_LN[:, None, :]
         for l in range(L):
             w_N = w_LN[l] if w_LN is not None else None
-            for start in range(0, B, c):
-                sl = slice(start, min(start + c, B))
-                idx, vabs = idx_BK[sl], vabs_BK[sl]
+            for sl, k in plan.chunks:
+                idx, vabs = plan.idx_BK[sl, :k], plan.vabs_BK[sl, :k]
                 absp = _abs_contributions(absG_LHN[l], idx, vabs, buf)
                 s, m = absp.sum(1), absp.amax(1)
                 share += _share_sum(s, m)
@@ -302,10 +321,12 @@ class _PenaltySum(torch.autograd.Function):
                     coef.mul_(w_N)
                 mask.mul_(coef[:, None, :])
                 num = torch.bmm(mask, m[:, :, None]).squeeze(2)
-                grad_vabs[sl] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
+                grad_sorted[sl, :k] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
                 grad_G[l].index_add_(0, idx.reshape(-1), mask.mul_(vabs[:, :, None]).view(-1, N), alpha=-1)
         if want_grad:
             grad_G.mul_(G_LHN.sign())
+            grad_vabs = torch.empty_like(grad_sorted)
+            grad_vabs[plan.order_B] = grad_sorted
             ctx.save_for_backward(grad_vabs, grad_G)
         ctx.mark_non_differentiable(share)
         return total.to(G_LHN.dtype), share
@@ -396,18 +417,18 @@ def interaction_matrix(
     w_LN = _weights_LN(mlp, G_LHN)
     M_LHH = torch.zeros(L, H, H, dtype=G_LHN.dtype, device=G_LHN.device)
     active_BK = val_BK != 0
-    slots_K = torch.arange(K, device=G_LHN.device)
-    not_self_KK = slots_K[:, None] != slots_K[None, :]
     onehot = None
     for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, True):
-        n = c.idx_cK.shape[0]
-        if onehot is None or onehot.shape[0] < n * K * N:
+        n, k = c.idx_cK.shape
+        if onehot is None or onehot.numel() < n * k * N:
             onehot = torch.empty(n * K * N, dtype=G_LHN.dtype, device=G_LHN.device)
-        # onehot[t, a, n] = w_n · [slot a is dominant at (t, n)]
-        dom = onehot[: n * K * N].view(n, K, N)
-        dom.copy_(c.dominant_cN[:, None, :].expand(n, K, N)).sub_(slots_K[None, :, None]).eq_(0).mul_(w_LN[c.block])
+        slots = torch.arange(k, device=G_LHN.device)
+        # dom[t, a, n] = w_n · [slot a is dominant at (t, n)]
+        dom = onehot[: n * k * N].view(n, k, N)
+        dom.copy_(c.dominant_cN[:, None, :].expand(n, k, N)).sub_(slots[None, :, None]).eq_(0).mul_(w_LN[c.block])
         pair_cKK = torch.bmm(dom, c.absp_cKN.transpose(1, 2))  # [t, dominant slot a, other slot j]
-        keep = not_self_KK[None] & active_BK[c.tokens][:, None, :] & active_BK[c.tokens][:, :, None]
+        active = active_BK[c.tokens, :k]
+        keep = (slots[:, None] != slots[None, :])[None] & active[:, None, :] & active[:, :, None]
         flat = (c.idx_cK[:, :, None] * H + c.idx_cK[:, None, :])[keep]
         M_LHH[c.block].view(-1).index_add_(0, flat, pair_cKK[keep])
     M_LHH /= max(B, 1)
