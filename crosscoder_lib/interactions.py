@@ -29,6 +29,15 @@ Conventions used by every function here:
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterator, Literal, NamedTuple
 
 import torch
@@ -272,64 +281,301 @@ def _share_sum(sum_cN: torch.Tensor, max_cN: torch.Tensor) -> torch.Tensor:
     return torch.div(max_cN, sum_cN).nan_to_num_(nan=1.0).sum(dtype=torch.float64)
 
 
+# The penalty's sums and gradients, two ways: a fused C kernel (fast path, chosen once in
+# _penalty_kernel) and chunked PyTorch (fallback). Both return (total, share, ∂/∂|val|, ∂/∂G).
+
+_KERNEL_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Block l's columns [n0, n1) of the interaction penalty's max term, over every token t:
+   s = sum_k |p|, m = max_k |p| with |p[t,k,n]| = vabs[t,k] * |G[idx[t,k], n]| over the token's
+   count[t] active slots; out[0] += sum w_n (s - m), out[1] += sum share (m/s, 1 when s = 0).
+   With grad_vabs: grad_vabs[t,k] -= sum_n [k maximal] w_n |G[idx,n]| / ties and
+   R[h, n] -= [k maximal] w_n vabs[t,k] / ties (exact ties split evenly). */
+int penalty_columns(const float* G, int64_t N, const int64_t* idx, const float* vabs,
+                    const int64_t* count, int64_t B, int64_t K, const float* w,
+                    int64_t n0, int64_t n1, double* out, float* grad_vabs, float* R)
+{
+    int64_t W = n1 - n0;
+    float* s = (float*)malloc(sizeof(float) * (size_t)W);
+    float* m = (float*)malloc(sizeof(float) * (size_t)W);
+    int32_t* ties = (int32_t*)malloc(sizeof(int32_t) * (size_t)W);
+    int32_t* first = (int32_t*)malloc(sizeof(int32_t) * (size_t)W);
+    float* gk = (float*)calloc((size_t)(K > 0 ? K : 1), sizeof(float));
+    if (!s || !m || !ties || !first || !gk) { free(s); free(m); free(ties); free(first); free(gk); return 1; }
+    double total = 0.0, share = 0.0;
+    for (int64_t t = 0; t < B; t++) {
+        int64_t c = count[t];
+        if (c == 0) { share += (double)W; continue; }
+        const int64_t* it = idx + t * K;
+        const float* vt = vabs + t * K;
+        for (int64_t j = 0; j < W; j++) { s[j] = 0.0f; m[j] = 0.0f; ties[j] = 0; first[j] = 0; }
+        if (!grad_vabs) {
+            for (int64_t k = 0; k < c; k++) {
+                const float* row = G + it[k] * N + n0;
+                const float v = vt[k];
+                for (int64_t j = 0; j < W; j++) {
+                    float x = v * fabsf(row[j]);
+                    s[j] += x;
+                    m[j] = x > m[j] ? x : m[j];
+                }
+            }
+        } else {  /* also the first maximal slot and the number of maximal slots */
+            for (int32_t k = 0; k < (int32_t)c; k++) {
+                const float* row = G + it[k] * N + n0;
+                const float v = vt[k];
+                for (int64_t j = 0; j < W; j++) {
+                    float x = v * fabsf(row[j]);
+                    int gt = x > m[j], eq = x == m[j];
+                    s[j] += x;
+                    ties[j] = gt ? 1 : ties[j] + eq;
+                    first[j] = gt ? k : first[j];
+                    m[j] = gt ? x : m[j];
+                }
+            }
+        }
+        for (int64_t j = 0; j < W; j++) {
+            float d = s[j] - m[j];
+            total += (double)(w ? w[n0 + j] * d : d);
+            share += s[j] > 0.0f ? (double)(m[j] / s[j]) : 1.0;
+        }
+        if (!grad_vabs) continue;
+        for (int64_t j = 0; j < W; j++) {
+            float cf = (w ? w[n0 + j] : 1.0f) / (float)ties[j];
+            if (ties[j] == 1) {
+                int32_t k = first[j];
+                int64_t at = it[k] * N + n0 + j;
+                gk[k] += cf * fabsf(G[at]);
+                R[at] -= cf * vt[k];
+            } else {
+                for (int32_t k = 0; k < (int32_t)c; k++) {
+                    int64_t at = it[k] * N + n0 + j;
+                    if (vt[k] * fabsf(G[at]) == m[j]) { gk[k] += cf * fabsf(G[at]); R[at] -= cf * vt[k]; }
+                }
+            }
+        }
+        for (int64_t k = 0; k < c; k++) { grad_vabs[t * K + k] -= gk[k]; gk[k] = 0.0f; }
+    }
+    out[0] += total;
+    out[1] += share;
+    free(s); free(m); free(ties); free(first); free(gk);
+    return 0;
+}
+
+/* r[h] = sum_n w_n |G[h, n]| (w NULL: 1) for rows [h0, h1). */
+void row_abs_sums(const float* G, int64_t N, const float* w, int64_t h0, int64_t h1, float* r)
+{
+    for (int64_t h = h0; h < h1; h++) {
+        const float* row = G + h * N;
+        float acc = 0.0f;
+        if (w) { for (int64_t n = 0; n < N; n++) acc += w[n] * fabsf(row[n]); }
+        else   { for (int64_t n = 0; n < N; n++) acc += fabsf(row[n]); }
+        r[h] = acc;
+    }
+}
+
+/* R[h, n] <- sign(G[h, n]) * (c[h] w_n + R[h, n]) for rows [h0, h1): the gradient of the penalty
+   sum with respect to G, from the sum term's c (x) w and the max term's part already in R. */
+void finish_grad(const float* G, int64_t N, const float* c, const float* w, int64_t h0, int64_t h1, float* R)
+{
+    for (int64_t h = h0; h < h1; h++) {
+        const float* g = G + h * N;
+        float* r = R + h * N;
+        const float ch = c[h];
+        for (int64_t n = 0; n < N; n++) {
+            float v = ch * (w ? w[n] : 1.0f) + r[n];
+            r[n] = g[n] > 0.0f ? v : (g[n] < 0.0f ? -v : 0.0f);
+        }
+    }
+}
+"""
+
+_kernel: dict = {}
+
+
+def _cpu_flags() -> str:
+    try:
+        return next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build_kernel():
+    """Compile the C source once per machine into ``~/.cache/crosscoder_lib`` and load it."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler ({cc!r}) on PATH")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crosscoder_lib"
+    cache.mkdir(parents=True, exist_ok=True)
+    last_err = None
+    # -march=native: the binary is keyed by this CPU's flags; -ffp-contract=off keeps the products
+    # of the two passes bit-identical, so "== max" finds the maximal slots exactly.
+    for flags in (["-O3", "-march=native", "-ffp-contract=off"], ["-O3", "-ffp-contract=off"]):
+        key = hashlib.sha256("\0".join([_KERNEL_SOURCE, cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+        lib = cache / f"penalty_{key}.so"
+        if not lib.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                src, out = Path(tmp) / "penalty.c", Path(tmp) / "penalty.so"
+                src.write_text(_KERNEL_SOURCE)
+                done = subprocess.run([cc, *flags, "-fPIC", "-shared", "-o", str(out), str(src)],
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    last_err = done.stderr.strip()[-500:]
+                    continue
+                os.replace(out, lib)  # atomic: concurrent builders never see half a file
+        so = ctypes.CDLL(str(lib))
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        so.penalty_columns.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
+        so.penalty_columns.restype = ctypes.c_int
+        so.row_abs_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr]
+        so.row_abs_sums.restype = None
+        so.finish_grad.argtypes = [ptr, i64, ptr, ptr, i64, i64, ptr]
+        so.finish_grad.restype = None
+        return so
+    raise RuntimeError(f"the C compiler failed: {last_err}")
+
+
+def _penalty_kernel():
+    """The fast path of the penalty, chosen here once per process: the fused C kernel when a C
+    compiler is available (and ``CROSSCODER_LIB_KERNEL`` is not ``0``), else None (PyTorch path)."""
+    if "fn" not in _kernel:
+        fn = None
+        if os.environ.get("CROSSCODER_LIB_KERNEL", "1") != "0":
+            try:
+                fn = _build_kernel()
+            except Exception as err:  # any failure: the PyTorch path computes the same thing
+                warnings.warn(f"interaction penalty: fused C kernel unavailable ({err}); using the "
+                              "PyTorch path", stacklevel=3)
+        _kernel["fn"] = fn
+    return _kernel["fn"]
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if _kernel.get("pool_size") != n:
+        _kernel["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="crosscoder_penalty")
+        _kernel["pool_size"] = n
+    return _kernel["pool"]
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [round(n * i / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+def _penalty_sums_kernel(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad):
+    """``(total, share, ∂total/∂|val|, ∂total/∂G)`` through the fused C kernel, in parallel threads
+    (ctypes releases the GIL): the max term over column ranges, the G-sized passes over row ranges."""
+    L, H, N = G_LHN.shape
+    B, K = idx_BK.shape
+    G, idx, vabs = G_LHN.detach().contiguous(), idx_BK.contiguous(), vabs_BK.detach().contiguous()
+    w = w_LN.contiguous() if w_LN is not None else None
+    count = (vabs != 0).sum(1).contiguous()
+    threads = max(1, torch.get_num_threads())
+    pool = _pool(threads)
+    wp = (lambda l: w[l].data_ptr()) if w is not None else (lambda l: None)
+
+    def run_all(calls) -> list:
+        return [job.result() for job in [pool.submit(*c) for c in calls]]
+
+    grad_vabs = grad_G = None
+    if want_grad:
+        # Sum term: ∂/∂|val| = Σ_l r_l[idx] with r_l[h] = Σ_n w_n |G_l[h, n]|; its ∂/∂|G| = c ⊗ w is
+        # added by finish_grad after the max term has written its part into grad_G.
+        r_LH = torch.empty(L, H, dtype=torch.float32)
+        run_all([(so.row_abs_sums, G[l].data_ptr(), N, wp(l), h0, h1, r_LH[l].data_ptr())
+                 for l in range(L) for h0, h1 in _ranges(H, threads)])
+        grad_vabs = r_LH[:, idx].sum(0)
+        c_H = torch.zeros(H, dtype=torch.float32).index_add_(0, idx.reshape(-1), vabs.reshape(-1))
+        grad_G = torch.zeros(L, H, N, dtype=torch.float32)
+    cols = _ranges(N, threads)
+    partial = torch.zeros(L, len(cols), B, K, dtype=torch.float32) if want_grad else None
+    outs = [(ctypes.c_double * 2)(0.0, 0.0) for _ in range(L * len(cols))]
+    status = run_all([(so.penalty_columns, G[l].data_ptr(), N, idx.data_ptr(), vabs.data_ptr(), count.data_ptr(), B, K,
+                       wp(l), n0, n1, outs[l * len(cols) + i],
+                       partial[l, i].data_ptr() if want_grad else None, grad_G[l].data_ptr() if want_grad else None)
+                      for l in range(L) for i, (n0, n1) in enumerate(cols)])
+    if any(status):
+        raise MemoryError("interaction penalty kernel: out of memory")
+    if want_grad:
+        grad_vabs += partial.sum((0, 1))
+        run_all([(so.finish_grad, G[l].data_ptr(), N, c_H.data_ptr(), wp(l), h0, h1, grad_G[l].data_ptr())
+                 for l in range(L) for h0, h1 in _ranges(H, threads)])
+    return sum(o[0] for o in outs), sum(o[1] for o in outs), grad_vabs, grad_G
+
+
+def _penalty_sums_torch(vabs_BK, G_LHN, idx_BK, w_LN, want_grad, chunk_tokens):
+    """The same in chunked PyTorch (tokens sorted by active count, see :func:`_plan`)."""
+    L, H, N = G_LHN.shape
+    absG_LHN = G_LHN.abs()
+    grad_vabs = grad_G = grad_sorted = None
+    if want_grad:
+        r_LH = absG_LHN.sum(-1) if w_LN is None else torch.einsum("lhn,ln->lh", absG_LHN, w_LN)
+        grad_vabs = r_LH[:, idx_BK].sum(0)
+        c_H = torch.zeros(H, dtype=G_LHN.dtype, device=G_LHN.device).index_add_(0, idx_BK.reshape(-1), vabs_BK.reshape(-1))
+        grad_G = c_H[None, :, None].expand_as(G_LHN).clone() if w_LN is None else c_H[None, :, None] * w_LN[:, None, :]
+    plan = _plan(idx_BK, vabs_BK, N, chunk_tokens)
+    buf = absG_LHN.new_empty(plan.buffer_elements)
+    total = torch.zeros((), dtype=torch.float64)
+    share = torch.zeros((), dtype=torch.float64)
+    if want_grad:
+        grad_sorted = torch.zeros_like(plan.vabs_BK)
+    for l in range(L):
+        w_N = w_LN[l] if w_LN is not None else None
+        for sl, k in plan.chunks:
+            idx, vabs = plan.idx_BK[sl, :k], plan.vabs_BK[sl, :k]
+            absp = _abs_contributions(absG_LHN[l], idx, vabs, buf)
+            s, m = absp.sum(1), absp.amax(1)
+            share += _share_sum(s, m)
+            total += (s - m).sum(dtype=torch.float64) if w_N is None else ((s - m) @ w_N).sum(dtype=torch.float64)
+            if not want_grad:
+                continue
+            mask = absp.eq_(m[:, None, :])
+            coef = mask.sum(1).reciprocal_()  # 1 / ties
+            if w_N is not None:
+                coef.mul_(w_N)
+            mask.mul_(coef[:, None, :])
+            num = torch.bmm(mask, m[:, :, None]).squeeze(2)  # = Σ_n coef |G| · |val|
+            grad_sorted[sl, :k] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
+            grad_G[l].index_add_(0, idx.reshape(-1), mask.mul_(vabs[:, :, None]).view(-1, N), alpha=-1)
+    if want_grad:
+        grad_vabs[plan.order_B] += grad_sorted
+        grad_G.mul_(G_LHN.sign())
+    return float(total), float(share), grad_vabs, grad_G
+
+
 class _PenaltySum(torch.autograd.Function):
     """``Σ_{l,t,n} w_ln (Σ_k |p| − max_k |p|)`` and ``Σ share``, with the gradient formed in the same pass.
 
-    Inputs ``(|val|_BK, G_LHN, idx_BK, w_LN or None, chunk_tokens)``. With
+    Inputs ``(|val|_BK, G_LHN, idx_BK, w_LN or None, chunk_tokens)``, active slots first. With
     ``|p[t,k,n]| = |val[t,k]|·|G_l[idx[t,k], n]|`` and ``m[t,n] = max_k |p|``:
 
-    - ``∂/∂|val[t,k]| = Σ_n w_n |G_l[idx[t,k], n]| − Σ_n w_n [k maximal] m[t,n] / (|val[t,k]| · ties[t,n])``
+    - ``∂/∂|val[t,k]| = Σ_n w_n |G_l[idx[t,k], n]| − Σ_n w_n [k maximal] |G_l[idx[t,k], n]| / ties[t,n]``
       (the first sum is ``r_l[idx[t,k]]``, one reduction of ``|G|``);
     - ``∂/∂G_l[h,n] = sign(G_l[h,n]) · w_n (c[h] − Σ_{t,k: idx=h} [k maximal] |val[t,k]| / ties[t,n])``
       with ``c[h] = Σ_{t,k: idx=h} |val[t,k]|``.
 
-    An exact tie between maximal slots splits the subgradient evenly (as ``amax`` does). Per chunk
-    of tokens (a few MB, in cache) the forward gathers ``|p|``, takes its sum and max, turns it into
-    the mask of maximal slots and accumulates both gradients; nothing of size ``T·K·N`` outlives a
-    chunk, and the backward pass only scales the stored gradients.
+    An exact tie between maximal slots splits the subgradient evenly (as ``amax`` does). The max
+    term runs through the fused C kernel when there is one (:func:`_penalty_kernel`; float32 CPU
+    tensors: one pass over each token's gathered rows), else chunked PyTorch; either way nothing of
+    size ``T·K·N`` outlives a chunk or a token, and the backward pass only scales the stored gradients.
     """
 
     @staticmethod
     def forward(ctx, vabs_BK, G_LHN, idx_BK, w_LN, chunk_tokens):
-        L, _, N = G_LHN.shape
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        absG_LHN = G_LHN.abs()
-        plan = _plan(idx_BK, vabs_BK, N, chunk_tokens)
-        buf = G_LHN.new_empty(plan.buffer_elements)
-        total = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
-        share = torch.zeros((), dtype=torch.float64, device=G_LHN.device)
+        fast = G_LHN.dtype == torch.float32 and G_LHN.device.type == "cpu"
+        so = _penalty_kernel() if fast else None
+        if so is not None:
+            total, share, grad_vabs, grad_G = _penalty_sums_kernel(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad)
+        else:
+            total, share, grad_vabs, grad_G = _penalty_sums_torch(vabs_BK, G_LHN, idx_BK, w_LN, want_grad, chunk_tokens)
         if want_grad:
-            # Sum term first: d/d|val| = r[idx], d/d|G| = c ⊗ w; the max term is subtracted below.
-            r_LH = absG_LHN.sum(-1) if w_LN is None else torch.einsum("lhn,ln->lh", absG_LHN, w_LN)
-            grad_sorted = r_LH[:, plan.idx_BK].sum(0)
-            c_H = torch.zeros(G_LHN.shape[1], dtype=G_LHN.dtype, device=G_LHN.device)
-            c_H.index_add_(0, idx_BK.reshape(-1), vabs_BK.reshape(-1))
-            grad_G = c_H[None, :, None].expand_as(G_LHN).clone() if w_LN is None else c_H[None, :, None] * w_LN[:, None, :]
-        for l in range(L):
-            w_N = w_LN[l] if w_LN is not None else None
-            for sl, k in plan.chunks:
-                idx, vabs = plan.idx_BK[sl, :k], plan.vabs_BK[sl, :k]
-                absp = _abs_contributions(absG_LHN[l], idx, vabs, buf)
-                s, m = absp.sum(1), absp.amax(1)
-                share += _share_sum(s, m)
-                total += (s - m).sum(dtype=torch.float64) if w_N is None else ((s - m) @ w_N).sum(dtype=torch.float64)
-                if not want_grad:
-                    continue
-                mask = absp.eq_(m[:, None, :])
-                coef = mask.sum(1).reciprocal_()  # 1 / ties
-                if w_N is not None:
-                    coef.mul_(w_N)
-                mask.mul_(coef[:, None, :])
-                num = torch.bmm(mask, m[:, :, None]).squeeze(2)
-                grad_sorted[sl, :k] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
-                grad_G[l].index_add_(0, idx.reshape(-1), mask.mul_(vabs[:, :, None]).view(-1, N), alpha=-1)
-        if want_grad:
-            grad_G.mul_(G_LHN.sign())
-            grad_vabs = torch.empty_like(grad_sorted)
-            grad_vabs[plan.order_B] = grad_sorted
             ctx.save_for_backward(grad_vabs, grad_G)
-        ctx.mark_non_differentiable(share)
-        return total.to(G_LHN.dtype), share
+        share_t = torch.tensor(share, dtype=torch.float64)
+        ctx.mark_non_differentiable(share_t)
+        return torch.tensor(total, dtype=G_LHN.dtype, device=G_LHN.device), share_t
 
     @staticmethod
     def backward(ctx, grad_total, _grad_share):

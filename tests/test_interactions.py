@@ -256,3 +256,36 @@ def test_bad_inputs_are_named():
         dominant_share(SparseCodes(out, codes.val_BK), W_dec, mlp)
     with pytest.raises(TypeError, match="idx_BK"):
         token_interaction_scores((codes.idx_BK, codes.val_BK), W_dec, mlp)
+
+
+@pytest.mark.parametrize("form", ["unweighted", "weighted"])
+def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
+    """The fast path (fused C kernel) and the fallback (chunked PyTorch) give the same penalty,
+    share and gradients, BatchTopK-style ragged codes and exact ties included."""
+    from crosscoder_lib import interactions
+
+    if interactions._penalty_kernel() is None:
+        pytest.skip("no C compiler: only the PyTorch path exists here")
+    g = torch.Generator().manual_seed(7)
+    mlp = random_mlp(4, seed=7)
+    W_dec = torch.randn(4, 40, D, generator=g)
+    B = 33
+    idx = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(B)])
+    val = torch.rand(B, 9, generator=g) * (torch.rand(B, 9, generator=g) < 0.6)  # ragged L0, some empty
+    W_dec[:, 21] = W_dec[:, 20]
+    idx[0, :2] = torch.tensor([20, 21])
+    val[0, :2] = 0.5  # an exact tie
+
+    def run():
+        W = W_dec.clone().requires_grad_(True)
+        v = val.clone().requires_grad_(True)
+        stats = interaction_penalty(SparseCodes(idx, v), W, mlp, form=form)
+        stats.penalty.backward()
+        return stats.penalty.item(), stats.dominant_share.item(), W.grad, v.grad
+
+    fast = run()
+    monkeypatch.setitem(interactions._kernel, "fn", None)
+    slow = run()
+    assert fast[0] == pytest.approx(slow[0], rel=1e-5) and fast[1] == pytest.approx(slow[1], rel=1e-6)
+    torch.testing.assert_close(fast[2], slow[2], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast[3], slow[3], rtol=1e-4, atol=1e-6)
