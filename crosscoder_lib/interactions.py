@@ -145,13 +145,7 @@ def _chunk_tokens(n_slots: int, n_neurons: int, chunk_tokens: int | None) -> int
     return max(1, _CHUNK_ELEMENTS // max(1, n_slots * n_neurons))
 
 
-def neuron_weights(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
-    """``G_LHN[l] = W_dec_LHD[l] @ W_in_l``: feature ``v``'s pre-activation at neuron ``n`` per unit activation.
-
-    ``W_dec_LHD`` holds the decoder rows at each block's MLP-input slot, in the model's units
-    (``Crosscoder.decoder_slots_LHD(mlp_input_slots)``). Differentiable in ``W_dec_LHD``; the
-    language model's ``W_in`` is frozen.
-    """
+def _check_decoder(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> None:
     if W_dec_LHD.ndim != 3:
         raise ValueError(f"W_dec_LHD must be [L, H, D]; got shape {tuple(W_dec_LHD.shape)}")
     L, _, D = W_dec_LHD.shape
@@ -160,6 +154,16 @@ def neuron_weights(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
             f"W_dec_LHD {tuple(W_dec_LHD.shape)} does not match the MLP's W_in {tuple(mlp.W_in_LDN.shape)}: "
             "pass the decoder rows at the MLP-input slot of every block (L, H, D)"
         )
+
+
+def neuron_weights(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
+    """``G_LHN[l] = W_dec_LHD[l] @ W_in_l``: feature ``v``'s pre-activation at neuron ``n`` per unit activation.
+
+    ``W_dec_LHD`` holds the decoder rows at each block's MLP-input slot, in the model's units
+    (``Crosscoder.decoder_slots_LHD(mlp_input_slots)``). Differentiable in ``W_dec_LHD``; the
+    language model's ``W_in`` is frozen.
+    """
+    _check_decoder(W_dec_LHD, mlp)
     W_in = mlp.W_in_LDN.detach().to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
     return torch.matmul(W_dec_LHD, W_in)
 
@@ -254,26 +258,30 @@ class _Chunk(NamedTuple):
 
 @torch.no_grad()
 def _chunks(
-    idx_BK: torch.Tensor, val_BK: torch.Tensor, absG_LHN: torch.Tensor, chunk_tokens: int | None, keep_absp: bool
+    idx_BK: torch.Tensor, val_BK: torch.Tensor, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens: int | None,
+    keep_absp: bool
 ) -> Iterator[_Chunk]:
     """Σ_k|p|, max_k|p| and the dominant slot for every (block, token, neuron), chunk by chunk.
 
-    The dominant slot is read off ``(|p| == max) · (K-1-k)`` maximised over ``k`` (first slot on
-    ties) because PyTorch's index-returning max reduction is ~10× slower than these passes on CPU.
+    ``|G_l|`` is formed one block at a time (memory ``H·N``, not ``L·H·N``). The dominant slot is
+    read off ``(|p| == max) · (K-1-k)`` maximised over ``k`` (first slot on ties) because
+    PyTorch's index-returning max reduction is ~10× slower than these passes on CPU.
     """
-    L, _, N = absG_LHN.shape
-    plan = _plan(idx_BK, val_BK.detach().abs().to(absG_LHN.dtype), N, chunk_tokens)
-    buf = absG_LHN.new_empty(plan.buffer_elements)
+    L, N = W_dec_LHD.shape[0], mlp.W_in_LDN.shape[2]
+    plan = _plan(idx_BK, val_BK.detach().abs().to(W_dec_LHD.dtype), N, chunk_tokens)
+    buf = W_dec_LHD.new_empty(plan.buffer_elements)
     mask = torch.empty_like(buf) if keep_absp else None
     for l in range(L):
+        absG_HN = neuron_weights(W_dec_LHD[l:l + 1].detach(), mlp.select(slice(l, l + 1)))[0].abs_()
         for sl, k in plan.chunks:
             idx = plan.idx_BK[sl, :k]
-            absp = _abs_contributions(absG_LHN[l], idx, plan.vabs_BK[sl, :k], buf)
+            absp = _abs_contributions(absG_HN, idx, plan.vabs_BK[sl, :k], buf)
             s, m = absp.sum(1), absp.amax(1)
             is_max = mask[: absp.numel()].view_as(absp).copy_(absp) if keep_absp else absp
-            desc = torch.arange(k - 1, -1, -1, dtype=absG_LHN.dtype, device=absG_LHN.device)[None, :, None]
+            desc = torch.arange(k - 1, -1, -1, dtype=absG_HN.dtype, device=absG_HN.device)[None, :, None]
             dominant = (k - 1) - is_max.eq_(m[:, None, :]).mul_(desc).amax(1).long()
             yield _Chunk(l, plan.order_B[sl], idx, absp if keep_absp else None, s, m, dominant)
+        del absG_HN
 
 
 def _share_sum(sum_cN: torch.Tensor, max_cN: torch.Tensor) -> torch.Tensor:
@@ -600,11 +608,12 @@ def dominant_share(codes, W_dec_LHD: torch.Tensor, mlp: MLPWeights, chunk_tokens
     """
     idx_BK, val_BK = unpack_codes(codes)
     with torch.no_grad():
-        absG_LHN = neuron_weights(W_dec_LHD.detach(), mlp).abs_()
-        idx_BK = checked_ids(idx_BK, val_BK, absG_LHN.shape[1])
+        L, H, N = W_dec_LHD.shape[0], W_dec_LHD.shape[1], mlp.W_in_LDN.shape[2]
+        _check_decoder(W_dec_LHD, mlp)
+        idx_BK = checked_ids(idx_BK, val_BK, H)
         idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
-        total = sum(_share_sum(c.sum_cN, c.max_cN) for c in _chunks(idx_BK, val_BK, absG_LHN, chunk_tokens, False))
-        return total / (absG_LHN.shape[0] * idx_BK.shape[0] * absG_LHN.shape[2])
+        total = sum(_share_sum(c.sum_cN, c.max_cN) for c in _chunks(idx_BK, val_BK, W_dec_LHD, mlp, chunk_tokens, False))
+        return total / (L * idx_BK.shape[0] * N)
 
 
 def interaction_penalty(
@@ -655,20 +664,20 @@ def interaction_matrix(
     weighted ``|p|``), so cost is ``O(T·K²·N)`` and only ``T·K²`` entries are scattered (index_add).
     """
     idx_BK, val_BK = unpack_codes(codes)
-    G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
-    L, H, N = G_LHN.shape
+    L, H, N = W_dec_LHD.shape[0], W_dec_LHD.shape[1], mlp.W_in_LDN.shape[2]
+    _check_decoder(W_dec_LHD, mlp)
     idx_BK = checked_ids(idx_BK, val_BK, H)
     idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
     B, K = idx_BK.shape
-    w_LN = _weights_LN(mlp, G_LHN)
-    M_LHH = torch.zeros(L, H, H, dtype=G_LHN.dtype, device=G_LHN.device)
+    w_LN = _weights_LN(mlp, W_dec_LHD)
+    M_LHH = torch.zeros(L, H, H, dtype=W_dec_LHD.dtype, device=W_dec_LHD.device)
     active_BK = val_BK != 0
     onehot = None
-    for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, True):
+    for c in _chunks(idx_BK, val_BK, W_dec_LHD, mlp, chunk_tokens, True):
         n, k = c.idx_cK.shape
         if onehot is None or onehot.numel() < n * k * N:
-            onehot = torch.empty(n * K * N, dtype=G_LHN.dtype, device=G_LHN.device)
-        slots = torch.arange(k, device=G_LHN.device)
+            onehot = W_dec_LHD.new_empty(n * K * N)
+        slots = torch.arange(k, device=W_dec_LHD.device)
         # dom[t, a, n] = w_n · [slot a is dominant at (t, n)]
         dom = onehot[: n * k * N].view(n, k, N)
         dom.copy_(c.dominant_cN[:, None, :].expand(n, k, N)).sub_(slots[None, :, None]).eq_(0).mul_(w_LN[c.block])
@@ -691,12 +700,12 @@ def token_interaction_scores(
     of token ``t`` over blocks (SPEC §3).
     """
     idx_BK, val_BK = unpack_codes(codes)
-    G_LHN = neuron_weights(W_dec_LHD.detach(), mlp)
-    L, H, N = G_LHN.shape
+    L, H, N = W_dec_LHD.shape[0], W_dec_LHD.shape[1], mlp.W_in_LDN.shape[2]
+    _check_decoder(W_dec_LHD, mlp)
     idx_BK = checked_ids(idx_BK, val_BK, H)
     idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
-    w_LN = _weights_LN(mlp, G_LHN)
-    scores_LT = torch.zeros(L, idx_BK.shape[0], dtype=G_LHN.dtype, device=G_LHN.device)
-    for c in _chunks(idx_BK, val_BK, G_LHN.abs_(), chunk_tokens, False):
+    w_LN = _weights_LN(mlp, W_dec_LHD)
+    scores_LT = torch.zeros(L, idx_BK.shape[0], dtype=W_dec_LHD.dtype, device=W_dec_LHD.device)
+    for c in _chunks(idx_BK, val_BK, W_dec_LHD, mlp, chunk_tokens, False):
         scores_LT[c.block, c.tokens] = (c.sum_cN - c.max_cN) @ w_LN[c.block]
     return TokenScores(per_block_LT=scores_LT, total_T=scores_LT.sum(0))
