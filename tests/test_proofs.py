@@ -28,8 +28,19 @@ from crosscoder_lib.proofs import (
     proof_length,
     qk_split,
     soundness,
+    spectral_norm,
 )
 from crosscoder_lib.tokenizer import BOS_ID
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
+    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 N_BLOCKS = 2
 
@@ -67,6 +78,14 @@ def test_mlp_bound_is_sound_and_matches_brute_force(act_fn):
                     * mlp.W_out_LND[l, n].double()
             eps = apply_mlp(n2, mlp, l) - g_t
             assert res.actual_LT[l, t].item() == pytest.approx(eps.norm().item(), rel=1e-5, abs=1e-9)
+
+
+def test_spectral_norm_is_a_tight_upper_bound():
+    g = torch.Generator().manual_seed(3)
+    for shape in ((4, 6, 9), (2, 9, 6)):
+        W = torch.randn(shape, generator=g, dtype=torch.float64)
+        exact = torch.linalg.matrix_norm(W, ord=2)
+        assert torch.all(spectral_norm(W) >= exact) and torch.all(spectral_norm(W) <= exact * (1 + 1e-8))
 
 
 def test_soundness_and_tightness_helpers():
@@ -272,3 +291,20 @@ def test_qk_split_of_an_exact_crosscoder_gives_the_models_pattern(bridge, tokens
     split = qk_split(codes, W_dec_HD, mu, attn, 1)
     pattern = split.total().masked_fill(~causal, float("-inf")).softmax(-1)
     torch.testing.assert_close(pattern, cache["blocks.1.attn.hook_pattern"][0].double(), atol=1e-5, rtol=1e-5)
+
+
+def test_bounds_are_sound_on_the_embedded_model():
+    bridge = loading.load_model("embedded:clean")
+    tokens = bridge.to_tokens(["Story: Ben found a shiny blue stone in the garden.",
+                               "Story: the little bird sang to the sun every day."])
+    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(bridge.cfg.n_layers), d_model=bridge.cfg.d_model,
+                           n_features=256, activation="topk", k=8, init_seed=2)
+    cc = Crosscoder(cfg)
+    cc.set_input_scale(harvest(bridge, tokens, cfg.hookpoints))
+    mlp = mlp_weights(bridge)
+    r = certified_error_bound(bridge, cc, mlp, tokens, mlp_residual="interaction_bound")
+    assert all(v == 1.0 for v in r.soundness().values()), r.soundness()
+    with torch.no_grad():
+        codes = cc.encode(harvest(bridge, tokens, cfg.hookpoints))
+    W, b = mlp_input_decoder(cc)
+    assert mlp_interaction_bound(codes, W, b, mlp).soundness() == {"mid": 1.0, "lip": 1.0}
