@@ -38,7 +38,7 @@ from crosscoder_lib.hookpoints import paper_hookpoints
 from crosscoder_lib.training import TrainConfig, make_optimizer, training_step
 
 HP = paper_hookpoints(4)
-EMBEDDED = {"d_model": 128, "n_features": 1024, "k": 20, "batch": 256}
+EMBEDDED = {"d_model": 128, "n_features": 512, "k": 20, "batch": 256}
 PAPER = {"d_model": 768, "n_features": 1536, "k": 20}
 
 

@@ -6,7 +6,10 @@ crosscoder in eval mode (BatchTopK uses its inference threshold):
 - FVU of hookpoint ``x``: ``Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − mean_t x_t‖²`` (scale-free);
 - overall FVU: the same ratio summed over hookpoints in the normalised units the loss uses
   (``s_x x_x``), so each hookpoint weighs as in training;
-- L0: mean number of active features per token; dead fraction: features that never fire.
+- L0: mean number of active features per token; dead fraction: features that never fire on the
+  evaluated tokens (so it falls as more tokens are evaluated; the trainer's firing tracker counts
+  training steps without firing instead, and is usually lower: a feature that fires once every
+  few hundred steps is alive to the tracker but may not fire on a held-out set).
 
 **Spliced loss recovered** (:func:`spliced_loss_recovered`): for each hookpoint, the language
 model runs with that hookpoint's activation replaced by the crosscoder's reconstruction (made from
