@@ -1,6 +1,6 @@
-"""Science checks on chapter 3's FAST run (λ ∈ {0, 100, 1000}, 60 steps on ~3k positions).
+"""Science checks on chapter 3's FAST run (λ ∈ {0, 100, 1000}, 50 steps on ~2k positions).
 
-Checked at FAST size over seeds 0-2 before choosing the margins; the full run's claims (the share
+Checked at FAST size (seed 0) before choosing the margins; the full run's claims (the share
 rising at every λ of the sweep, keep_largest Φ higher when penalised) are recorded in its results
 file and reported in the README table, not asserted here.
 """
