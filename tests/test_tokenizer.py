@@ -16,6 +16,7 @@ def test_round_trip_and_bos_policy():
         assert tok.unk_token_id not in ids
         assert tok.decode(ids, skip_special_tokens=True) == e.text
         assert tok(tok.decode(ids[1:]))["input_ids"] == ids
+        assert len(ids) - 1 == corpus.n_tokens(e.text)  # the corpus's own count is exact
     assert T.encode(tok, "Story: Lily ran.") == tok("Story: Lily ran.")["input_ids"]
 
 
