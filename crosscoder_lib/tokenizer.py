@@ -20,10 +20,11 @@ separated by single spaces or newlines (every corpus text): ``decode(encode(t)) 
 - Encoding a text *prepends* BOS (the tokenizer's post-processor does it, so ``tokenizer(text)``,
   TransformerLens's ``to_tokens`` and nnsight all agree; TransformerLens sees that the tokenizer
   already prepends and does not add a second one). No EOS is appended.
-- Training and harvesting streams (:mod:`crosscoder_lib.data`) are ``doc₁ EOS doc₂ EOS …``
-  (documents without their BOS, each followed by EOS) cut into windows of ``S - 1`` tokens, each
-  window prefixed with BOS. So every window starts with BOS, every document start is preceded by an
-  ``<|endoftext|>``, exactly as a single encoded prompt is, and no window contains padding.
+- Training and harvesting windows (:mod:`crosscoder_lib.data`) are ``S`` tokens: BOS, then whole
+  documents from a document start, each followed by EOS, the last one cut at the window's end (and
+  repeated whole at the start of the next window). So every window starts with BOS, that BOS really
+  precedes a document start, every document start is preceded by an ``<|endoftext|>`` exactly as a
+  single encoded prompt is, and no window contains padding.
 - Padding (id 0, on the right, with an attention mask) exists only for ragged *evaluation* batches
   of prompts (:func:`encode_batch`), never inside training batches.
 """

@@ -18,15 +18,30 @@ def tok():
 
 def test_batches_shape_bos_and_packing(tok):
     texts = data.embedded_texts(60)
-    batches = list(data.token_batches(texts, tok, batch_size=4, context_len=32, shuffle=False))
-    assert batches and all(b.shape == (4, 32) and b.dtype == torch.long for b in batches)
+    batches = list(data.token_batches(texts, tok, batch_size=4, context_len=128, shuffle=False))
+    assert batches and all(b.shape == (4, 128) and b.dtype == torch.long for b in batches)
     assert all((b[:, 0] == BOS_ID).all() for b in batches)
-    # Unshuffled windows, BOS stripped, concatenate to the packed stream doc EOS doc EOS ...
-    stream = torch.cat([b[:, 1:].reshape(-1) for b in batches]).tolist()
-    expected = []
-    for t in texts:
-        expected += tok(t, add_special_tokens=False)["input_ids"] + [BOS_ID]
-    assert stream == expected[: len(stream)] and len(expected) - len(stream) < 4 * 31 + 31
+    # Unshuffled windows: BOS, then whole documents from a document start; the cut last one
+    # starts the next window whole, so together the windows hold every document in order.
+    docs = [tok(t, add_special_tokens=False)["input_ids"] + [BOS_ID] for t in texts]
+    i = 0
+    for w in (row.tolist() for b in batches for row in b):
+        rest = w[1:]
+        while rest:
+            d = docs[i]
+            assert rest[: len(d)] == d[: len(rest)]  # a document prefix, from its start
+            if len(rest) >= len(d):
+                i += 1
+            rest = rest[len(d):]
+    assert i >= len(texts) - 8
+
+
+def test_long_documents_are_split(tok):
+    long = " ".join(data.embedded_texts(3))  # one text of ~300 tokens
+    w = list(data.token_windows([long, long], tok, 64, shuffle=False))
+    flat = [t for x in w for t in x[1:].tolist()]
+    ids = tok(long, add_special_tokens=False)["input_ids"]
+    assert flat[: len(ids)] == ids and all(x[0] == BOS_ID for x in w)
 
 
 def test_seeded_and_shuffled(tok):
