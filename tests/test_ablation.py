@@ -5,23 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib import loading
 from crosscoder_lib.ablation import SCHEMES, ablation_fidelity, fidelity, keep_mask, scheme_resid_post
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
 from crosscoder_lib.hookpoints import paper_hookpoints
 from crosscoder_lib.interactions import mlp_input_decoder, neuron_bias
 from crosscoder_lib.mlp import activation, apply_mlp, mlp_weights
-from crosscoder_lib.tokenizer import BOS_ID
+from builders import exact_crosscoder, random_tokens, tiny_bridge
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
-    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this issue's test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 N_BLOCKS = 2
 
@@ -90,20 +81,13 @@ def test_fidelity_definition():
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    folder = loading.save_random_tinystories_like(tmp_path_factory.mktemp("abl") / "m", n_blocks=N_BLOCKS,
-                                                  d_model=32, d_mlp=64, seed=2)
-    return loading.load_model(str(folder))
+    return tiny_bridge(tmp_path_factory.mktemp("abl") / "m", n_blocks=N_BLOCKS, d_model=32, d_mlp=64,
+                       seed=2)
 
 
 @pytest.fixture(scope="module")
 def token_batches(bridge):
-    g = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(2):
-        t = torch.randint(2, bridge.cfg.d_vocab, (2, 10), generator=g)
-        t[:, 0] = BOS_ID
-        batches.append(t)
-    return batches
+    return [random_tokens(bridge, 2, 10, seed=i) for i in range(2)]
 
 
 def random_crosscoder(bridge):
@@ -113,19 +97,6 @@ def random_crosscoder(bridge):
     with torch.no_grad():
         cc.W_dec_HXD.mul_(30.0)
         cc.b_dec_XD.normal_(0, 0.3)
-    return cc
-
-
-def exact_crosscoder(bridge):
-    """Features ±e_{x,d} under ReLU reconstruct every hookpoint exactly: x = relu(x) − relu(−x)."""
-    X, D = 4 * N_BLOCKS + 1, bridge.cfg.d_model
-    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(N_BLOCKS), d_model=D, n_features=2 * X * D,
-                           activation="relu", sparsity_coeff=1e-3)
-    cc = Crosscoder(cfg)
-    eye = torch.eye(X * D).view(X * D, X, D)
-    with torch.no_grad():
-        cc.W_dec_HXD.copy_(torch.cat([eye, -eye]))
-        cc.W_enc_XDH.copy_(cc.W_dec_HXD.permute(1, 2, 0))
     return cc
 
 
@@ -166,7 +137,7 @@ def test_fidelity_run_is_seeded_and_by_definition(bridge, token_batches):
 
 
 def test_exact_crosscoder_has_fidelity_one(bridge, token_batches):
-    cc, mlp = exact_crosscoder(bridge), mlp_weights(bridge)
+    cc, mlp = exact_crosscoder(N_BLOCKS, bridge.cfg.d_model), mlp_weights(bridge)
     res = ablation_fidelity(bridge, cc, mlp, token_batches[:1], schemes=("none", "keep_largest"), progress=False)
     for r in res:
         assert r.loss["none"] == pytest.approx(r.loss_model, abs=1e-4)

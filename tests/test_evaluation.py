@@ -9,24 +9,18 @@ from crosscoder_lib.activations import codes_to_dense
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig, CrosscoderOutput
 from crosscoder_lib.evaluation import evaluate_reconstruction, splice_hooks, spliced_loss_recovered
 from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.loading import load_model, mlp_from_normalized, save_random_tinystories_like
+from crosscoder_lib.loading import mlp_from_normalized
+from builders import tiny_bridge
 
 HP = paper_hookpoints(2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    folder = save_random_tinystories_like(tmp_path_factory.mktemp("rts"), n_blocks=2, d_model=32,
-                                          d_mlp=64, context_len=32)
-    return load_model(folder)
+    return tiny_bridge(tmp_path_factory.mktemp("rts"), n_blocks=2, d_model=32, d_mlp=64,
+                       context_len=32)
 
 
 def test_reconstruction_metrics_follow_their_definitions():

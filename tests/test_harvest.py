@@ -10,12 +10,6 @@ from crosscoder_lib.loading import load_model, load_nnsight, save_random_tinysto
 HP = paper_hookpoints(4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from crosscoder_lib.interactions import (
 from crosscoder_lib.mlp import MLPWeights, preactivation
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
-    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 L, H, D, N, K = 3, 12, 6, 5, 4
 

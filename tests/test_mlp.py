@@ -7,31 +7,19 @@ import torch
 
 from crosscoder_lib import loading
 from crosscoder_lib.mlp import activation, apply_mlp, lipschitz, mlp_weights, verify_mlp_weights
-from crosscoder_lib.tokenizer import BOS_ID
+from builders import random_tokens, tiny_bridge
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
-    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    folder = loading.save_random_tinystories_like(tmp_path_factory.mktemp("mlp") / "model", n_blocks=3, seed=5)
-    return loading.load_model(str(folder))
+    return tiny_bridge(tmp_path_factory.mktemp("mlp") / "model", n_blocks=3, seed=5)
 
 
 @pytest.fixture(scope="module")
 def tokens(bridge):
-    g = torch.Generator().manual_seed(0)
-    t = torch.randint(2, bridge.cfg.d_vocab, (2, 12), generator=g)
-    t[:, 0] = BOS_ID
-    return t
+    return random_tokens(bridge, 2, 12)
 
 
 def test_weights_are_frozen_copies(bridge):

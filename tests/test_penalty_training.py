@@ -23,14 +23,6 @@ N_BLOCKS = 6
 HOOKPOINTS = paper_hookpoints(N_BLOCKS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
-    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,9 @@ from crosscoder_lib.proofs import (
     soundness,
     spectral_norm,
 )
-from crosscoder_lib.tokenizer import BOS_ID
+from builders import exact_crosscoder, random_tokens, tiny_bridge
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only adds synchronisation
-    # (measured: 1 s -> 35 s for one bound under load). Same fixture in each of this test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 N_BLOCKS = 2
 
@@ -119,17 +111,13 @@ def test_layer_norm_change_bound_is_sound():
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    folder = loading.save_random_tinystories_like(tmp_path_factory.mktemp("proofs") / "m", n_blocks=N_BLOCKS,
-                                                  d_model=32, d_mlp=64, seed=4)
-    return loading.load_model(str(folder))
+    return tiny_bridge(tmp_path_factory.mktemp("proofs") / "m", n_blocks=N_BLOCKS, d_model=32, d_mlp=64,
+                       seed=4)
 
 
 @pytest.fixture(scope="module")
 def tokens(bridge):
-    g = torch.Generator().manual_seed(0)
-    t = torch.randint(2, bridge.cfg.d_vocab, (3, 10), generator=g)
-    t[:, 0] = BOS_ID
-    return t
+    return random_tokens(bridge, 3, 10)
 
 
 def test_reimplemented_attention_is_the_models(bridge, tokens):
@@ -165,18 +153,6 @@ def random_crosscoder(bridge, tokens):
     return cc
 
 
-def exact_crosscoder(bridge):
-    X, D = 4 * N_BLOCKS + 1, bridge.cfg.d_model
-    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(N_BLOCKS), d_model=D, n_features=2 * X * D,
-                           activation="relu", sparsity_coeff=1e-3)
-    cc = Crosscoder(cfg)
-    eye = torch.eye(X * D).view(X * D, X, D)
-    with torch.no_grad():
-        cc.W_dec_HXD.copy_(torch.cat([eye, -eye]))
-        cc.W_enc_XDH.copy_(cc.W_dec_HXD.permute(1, 2, 0))
-    return cc
-
-
 @pytest.mark.parametrize("mode", ["exact", "interaction_bound"])
 def test_certified_bound_is_sound_at_every_hookpoint_logits_and_loss(bridge, tokens, mode):
     cc, mlp = random_crosscoder(bridge, tokens), mlp_weights(bridge)
@@ -196,7 +172,7 @@ def test_certified_bound_is_sound_at_every_hookpoint_logits_and_loss(bridge, tok
 
 
 def test_exact_crosscoder_gives_near_zero_bounds(bridge, tokens):
-    cc, mlp = exact_crosscoder(bridge), mlp_weights(bridge)
+    cc, mlp = exact_crosscoder(N_BLOCKS, bridge.cfg.d_model), mlp_weights(bridge)
     r = certified_error_bound(bridge, cc, mlp, tokens)
     for h in r.hookpoints:
         assert r.actual[h][:, 1:].max() < 1e-4
@@ -280,7 +256,7 @@ def test_qk_split_sums_to_the_scores(bridge, tokens):
 
 
 def test_qk_split_of_an_exact_crosscoder_gives_the_models_pattern(bridge, tokens):
-    cc = exact_crosscoder(bridge)
+    cc = exact_crosscoder(N_BLOCKS, bridge.cfg.d_model)
     attn = attention_weights(bridge, tokens)
     acts = harvest(bridge, tokens[:1], cc.cfg.hookpoints, exclude_first=False)
     codes = cc.encode(acts)
