@@ -27,6 +27,8 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from crosscoder_lib.interactions import unpack_codes
+
 NO_CATEGORY = "<none>"
 """Category given to a feature with no top activations (never active on the data)."""
 
@@ -41,26 +43,10 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _unpack_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(codes, "idx_BK") and hasattr(codes, "val_BK"):
-        idx_BK, val_BK = codes.idx_BK, codes.val_BK
-    elif isinstance(codes, (tuple, list)) and len(codes) == 2:
-        idx_BK, val_BK = codes
-    else:
-        raise TypeError(
-            f"codes must be a SparseCodes (with .idx_BK and .val_BK) or a pair (idx_BK, val_BK); "
-            f"got {type(codes).__name__}"
-        )
+def _analysis_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
+    idx_BK, val_BK = unpack_codes(codes)
     # analysis only: never carry the crosscoder's graph into counts and rankings
-    idx_BK, val_BK = torch.as_tensor(idx_BK), torch.as_tensor(val_BK).detach()
-    if idx_BK.shape != val_BK.shape or idx_BK.ndim != 2:
-        raise ValueError(
-            f"codes.idx_BK and codes.val_BK must both be [B, K]; got {tuple(idx_BK.shape)} and "
-            f"{tuple(val_BK.shape)}"
-        )
-    if idx_BK.dtype.is_floating_point:
-        raise TypeError(f"codes.idx_BK must hold integer feature ids; got dtype {idx_BK.dtype}")
-    return idx_BK.long(), val_BK
+    return idx_BK, val_BK.detach()
 
 
 def _coalesced_rows(
@@ -298,7 +284,7 @@ def coactivation_matrix(
         raise ValueError(f"normalise must be 'count', 'cosine' or 'jaccard'; got {normalise!r}")
     if normalise == "jaccard" and weighted:
         raise ValueError("normalise='jaccard' is defined for counts; use weighted=False")
-    idx_BK, val_BK = _unpack_codes(codes)
+    idx_BK, val_BK = _analysis_codes(codes)
     device = idx_BK.device
     if features is None:
         remap = torch.arange(n_features, device=device)
@@ -395,7 +381,7 @@ def top_activations(codes, token_ids, n_features: int, k: int = 10, chunk_size: 
             (row-major, as the activations were flattened).
         n_features: dictionary size H.
     """
-    idx_BK, val_BK = _unpack_codes(codes)
+    idx_BK, val_BK = _analysis_codes(codes)
     token_ids = torch.as_tensor(token_ids).reshape(-1).long()
     B = idx_BK.shape[0]
     if token_ids.numel() != B:

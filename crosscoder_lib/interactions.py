@@ -84,12 +84,15 @@ class TokenScores(NamedTuple):
 
 
 def unpack_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(idx_BK, val_BK)`` of duck-typed codes, checked: 2-D, same shape, integer ids, float values."""
-    if not (hasattr(codes, "idx_BK") and hasattr(codes, "val_BK")):
-        raise TypeError(
-            f"codes must have .idx_BK and .val_BK (crosscoder.SparseCodes); got {type(codes).__name__}"
-        )
-    idx_BK, val_BK = codes.idx_BK, codes.val_BK
+    """``(idx_BK, val_BK)`` of codes (a ``SparseCodes`` or any object with ``.idx_BK`` and ``.val_BK``,
+    or a pair ``(idx_BK, val_BK)``), checked: 2-D, same shape, integer ids, float values."""
+    if hasattr(codes, "idx_BK") and hasattr(codes, "val_BK"):
+        idx_BK, val_BK = codes.idx_BK, codes.val_BK
+    elif isinstance(codes, (tuple, list)) and len(codes) == 2:
+        idx_BK, val_BK = (torch.as_tensor(c) for c in codes)
+    else:
+        raise TypeError(f"codes must be a SparseCodes (with .idx_BK and .val_BK) or a pair "
+                        f"(idx_BK, val_BK); got {type(codes).__name__}")
     if idx_BK.ndim != 2 or idx_BK.shape != val_BK.shape:
         raise ValueError(
             f"codes.idx_BK and codes.val_BK must both be [B, K]; got {tuple(idx_BK.shape)} and {tuple(val_BK.shape)}"

@@ -257,7 +257,9 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="feature id"):
         dominant_share(SparseCodes(out, codes.val_BK), W_dec, mlp)
     with pytest.raises(TypeError, match="idx_BK"):
-        token_interaction_scores((codes.idx_BK, codes.val_BK), W_dec, mlp)
+        token_interaction_scores(codes.val_BK, W_dec, mlp)
+    torch.testing.assert_close(token_interaction_scores((codes.idx_BK, codes.val_BK), W_dec, mlp),
+                               token_interaction_scores(codes, W_dec, mlp))
 
 
 @pytest.mark.parametrize("form", ["unweighted", "weighted"])
