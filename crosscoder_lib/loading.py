@@ -16,7 +16,7 @@ normalised vector ``(m - mean(m)) / sqrt(var(m) + eps)``, and
 
     gelu_new(ln2.hook_normalized @ W_in[l] + b_in[l]) @ W_out[l] + b_out[l] == blocks.l.hook_mlp_out
 
-holds exactly (float32 round-off) for every block; :func:`mlp_from_normalized` computes the left
+holds exactly (float32 round-off) for every block; :func:`crosscoder_lib.mlp.apply_mlp` computes the left
 side and the tests check it. Applying ``w_ln2`` to ``hook_normalized`` again would count the
 LayerNorm weight twice. The processing changes the residual-stream values by removing their mean
 over ``d_model`` (centred writing weights) and shifts logits by a per-position constant (centred
@@ -179,28 +179,6 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
 
     new = Version(transformers.__version__) >= Version("4.56")
     return {"dtype" if new else "torch_dtype": dtype}
-
-
-def mlp_from_normalized(bridge, layer: int, normalized_BSD: torch.Tensor) -> torch.Tensor:
-    """``σ(n2 W_in[l] + b_in[l]) W_out[l] + b_out[l]`` (SPEC §2) with the bridge's weights.
-
-    ``normalized_BSD`` is ``blocks.{layer}.ln2.hook_normalized``; the result equals
-    ``blocks.{layer}.hook_mlp_out``. σ is the model's activation (``gelu_new`` for GPT-Neo).
-    """
-    pre = normalized_BSD @ bridge.W_in[layer] + bridge.b_in[layer]
-    return activation_fn(bridge)(pre) @ bridge.W_out[layer] + bridge.b_out[layer]
-
-
-def activation_fn(bridge):
-    """The MLP nonlinearity σ of the bridged model, as a callable (from its config's name)."""
-    from transformers.activations import ACT2FN
-
-    name = getattr(bridge.cfg, "act_fn", None)
-    if name is None:
-        raise ValueError("the bridge's config names no activation function (cfg.act_fn)")
-    if name not in ACT2FN:
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACT2FN)}")
-    return ACT2FN[name]
 
 
 def save_random_tinystories_like(folder: str | os.PathLike, *, n_blocks: int = 4,

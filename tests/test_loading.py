@@ -7,6 +7,7 @@ import torch
 
 from crosscoder_lib import loading
 from crosscoder_lib.tokenizer import BOS_ID
+from crosscoder_lib.mlp import apply_mlp, mlp_weights
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_mlp_invariant_every_block(bridge):
     _, cache = bridge.run_with_cache(tokens)
     for l in range(4):
         n2 = cache[f"blocks.{l}.ln2.hook_normalized"]
-        out = loading.mlp_from_normalized(bridge, l, n2)
+        out = apply_mlp(n2, mlp_weights(bridge), l)
         torch.testing.assert_close(out, cache[f"blocks.{l}.hook_mlp_out"], atol=1e-5, rtol=1e-5)
         # hook_normalized is the un-weighted normalised vector (LayerNorm weights live in W_in) ...
         m = cache[f"blocks.{l}.hook_resid_mid"]
