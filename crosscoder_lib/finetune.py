@@ -54,7 +54,7 @@ from crosscoder_lib import corpus, data
 from crosscoder_lib.tokenizer import encode
 
 DATASET_ID = "roneneldan/TinyStoriesInstruct"
-END_OF_TEXT = "<|endoftext|>"
+END_OF_TEXT = data.END_OF_TEXT
 STORY_FIELD = "Story:"
 _STORY_LINE = re.compile(r"(?m)^Story:")
 
@@ -64,19 +64,26 @@ _STORY_LINE = re.compile(r"(?m)^Story:")
 # --------------------------------------------------------------------------------------------
 
 
-def group_examples(lines: Iterable[str]) -> Iterator[str]:
+def has_story(text: str) -> bool:
+    """Whether ``text`` has a line starting with ``Story:`` (so it can be triggered)."""
+    return _STORY_LINE.search(text) is not None
+
+
+def group_examples(lines: Iterable[str], require_story: bool = True) -> Iterator[str]:
     """Examples from TinyStoriesInstruct's line-per-row layout (lines without their newline).
 
     Lines accumulate until one holding ``<|endoftext|>``; the text before the marker closes the
     example, the text after it (normally none) opens the next. An example is its lines joined by
-    ``\\n`` and stripped. Examples without a ``Story:`` line cannot be triggered and are skipped.
+    ``\\n`` and stripped. Examples without a ``Story:`` line cannot be triggered and are skipped
+    (with ``require_story=False`` only empty ones are: TinyStories' plain story files have the
+    same ``<|endoftext|>`` layout without fields).
     """
     current: list[str] = []
 
     def flush():
         text = "\n".join(current).strip()
         current.clear()
-        return text if _STORY_LINE.search(text) else None
+        return text if (has_story(text) if require_story else text) else None
 
     for line in lines:
         while END_OF_TEXT in line:
@@ -99,56 +106,32 @@ def tinystories_instruct_texts(split: str = "train", n: int | None = None,
     Returns an iterator (``list(...)`` it for a list), at most ``n`` examples. ``streaming=True``
     reads rows as they download instead of fetching the whole split (≈ 2 GB) first. Needs the
     Hugging Face hub (e.g. on Colab); without it, raises ``ConnectionError`` naming the data set
-    and the local alternative (:func:`local_texts`). The first example is read before returning,
+    and the local alternative (:func:`local_texts`; rows come from
+    :func:`crosscoder_lib.data.hub_texts`). The first example is read before returning,
     so that error comes from this call, not from the first ``next``.
     """
     from itertools import chain, islice
 
-    import datasets
-
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 or None, got {n}")
+    texts = group_examples(data.hub_texts(DATASET_ID, split, streaming=streaming))
     try:
-        rows = datasets.load_dataset(DATASET_ID, split=split, streaming=streaming)
-        texts = group_examples(row["text"] for row in rows)
         first = next(texts)
     except StopIteration:
         raise ValueError(f"{DATASET_ID} split {split!r} holds no example with a 'Story:' "
                          f"field") from None
-    except (ConnectionError, OSError) as err:
-        raise ConnectionError(
-            f"could not read the data set {DATASET_ID!r} (split {split!r}) from the Hugging Face "
-            f"hub: {type(err).__name__}: {str(err).splitlines()[0][:200]}. This needs network "
-            f"access to the hub (e.g. Colab). Offline, pass examples from a local text file in the "
-            f"same layout (one line per row, examples closed by a '<|endoftext|>' line, such as "
-            f"the data set's own TinyStoriesInstruct-valid.txt) with "
-            f"crosscoder_lib.finetune.local_texts(path_to_file_or_folder).") from err
     out = chain([first], texts)
     return islice(out, n) if n is not None else out
 
 
 def local_texts(path: str | os.PathLike, n: int | None = None) -> list[str]:
     """Examples from a local text file in TinyStoriesInstruct's layout, or from every ``*.txt``
-    file of a folder (sorted by name); at most ``n``. See :func:`group_examples`."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        files = sorted(p.glob("*.txt"))
-        if not files:
-            raise FileNotFoundError(f"folder {str(p)!r} holds no .txt file of examples")
-    elif p.is_file():
-        files = [p]
-    else:
-        raise FileNotFoundError(f"no text file or folder at {str(p)!r}")
-
-    def lines():
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                for line in fh:
-                    yield line.rstrip("\r\n")
-
+    file of a folder (sorted by name); at most ``n``. See :func:`group_examples` (and
+    :func:`crosscoder_lib.data.load_texts`, which also splits off held-out examples)."""
     from itertools import islice
 
-    out = list(islice(group_examples(lines()), n))
+    p = Path(path).expanduser()
+    out = list(islice(group_examples(data.text_file_lines(p)), n))
     if not out:
         raise ValueError(
             f"{str(p)!r} holds no example: expected TinyStoriesInstruct's layout, fields such as "
