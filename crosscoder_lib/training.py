@@ -27,6 +27,12 @@ after saving the last good state; so does a non-finite loss; Ctrl-C saves a chec
 Command line (``crosscoder-train`` or ``python -m crosscoder_lib.training``)::
 
     crosscoder-train run.json [--set train.lr=3e-4 --set crosscoder.k=32 ...]
+    torchrun --nproc_per_node 4 -m crosscoder_lib.training run.json      # same file, 4 processes
+
+Under ``torchrun`` the global batch ``train.batch_size`` is split across the processes and every
+batch-level quantity is reduced over all of them, so the result equals one process's up to float
+round-off (:mod:`crosscoder_lib.distributed`). ``train.lambda_int`` may be a list: a λ sweep, each
+λ trained in turn (by all processes) into ``out_dir/lambda_<λ>``.
 
 with ``run.json`` holding ``model``, ``hookpoints`` (``"paper"`` or a list), ``data``, ``buffer``,
 ``crosscoder`` (CrosscoderConfig fields; ``hookpoints``/``d_model`` filled in), ``train``
@@ -57,6 +63,7 @@ from crosscoder_lib.checkpoint import (
     save_training_state,
 )
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
+from crosscoder_lib.distributed import SINGLE, SingleProcess, data_parallel, init_from_env, teardown
 from crosscoder_lib.hookpoints import mlp_input_slots
 
 PENALTY_FORMS = ("unweighted", "weighted")
@@ -240,22 +247,28 @@ class StepOutput(NamedTuple):
 
 
 def aux_loss(crosscoder: Crosscoder, pre_BH: torch.Tensor, residual_BXD: torch.Tensor,
-             dead_H: torch.Tensor) -> torch.Tensor:
+             dead_H: torch.Tensor, parallel: SingleProcess = SINGLE) -> torch.Tensor:
     """AuxK (normalised units): how well the dead features' top-``k_aux`` pre-activations model the
-    residual, ``mean_b ‖e − ê‖² / mean_b ‖e − mean(e)‖²``; 0 when no feature is dead."""
+    residual, ``mean_b ‖e − ê‖² / mean_b ‖e − mean(e)‖²``; 0 when no feature is dead.
+
+    The denominator is over the global batch (``parallel``), the numerator over this shard."""
     codes = auxk_codes(pre_BH, dead_H, crosscoder.cfg.aux_k)
     if codes is None:
         return pre_BH.new_zeros(())
     recon_BXD = crosscoder.decode_scaled(codes, bias=False)
-    denom = (residual_BXD - residual_BXD.mean(0)).pow(2).sum((1, 2)).mean().clamp_min(1e-12)
+    mean_XD = parallel.batch_mean(residual_BXD)
+    denom = parallel.batch_mean((residual_BXD - mean_XD).pow(2).sum((1, 2))).clamp_min(1e-12)
     return (residual_BXD - recon_BXD).pow(2).sum((1, 2)).mean() / denom
 
 
 def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfig, dead_H: torch.Tensor,
-                 mlp=None, mlp_slots: list[int] | None = None, with_fvu: bool = True) -> StepOutput:
+                 mlp=None, mlp_slots: list[int] | None = None, with_fvu: bool = True,
+                 parallel: SingleProcess = SINGLE) -> StepOutput:
     """All loss terms of one batch of raw activations (see the module docstring).
 
-    ``with_fvu=False`` skips the FVU metric (NaN then), which costs a pass over the batch.
+    ``with_fvu=False`` skips the FVU metric (NaN then), which costs a pass over the batch. Under
+    data parallelism ``acts_BXD`` is this rank's shard; batch-level statistics (AuxK's normaliser,
+    the FVU's variance) are taken over the global batch by ``parallel``.
     """
     out = crosscoder(acts_BXD, raw=False)
     B = acts_BXD.shape[0]
@@ -263,12 +276,12 @@ def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfi
     fvu = torch.tensor(float("nan"))
     if with_fvu:
         with torch.no_grad():
-            var = out.x_scaled_BXD.var(0, unbiased=False).sum()
+            var = parallel.batch_var(out.x_scaled_BXD).sum()
             fvu = mse.detach() / var.clamp_min(1e-12)
     aux = out.pre_BH.new_zeros(())
     if crosscoder.cfg.aux_alpha > 0 and bool(dead_H.any()):
         residual_BXD = (out.x_scaled_BXD - out.recon_scaled_BXD).detach()
-        aux = aux_loss(crosscoder, out.pre_BH, residual_BXD, dead_H)
+        aux = aux_loss(crosscoder, out.pre_BH, residual_BXD, dead_H, parallel)
     sparsity = crosscoder.activation.sparsity_penalty(out.pre_BH, out.codes, crosscoder.decoder_norms_H())
     loss = mse + crosscoder.cfg.aux_alpha * aux + sparsity
     penalty = share = None
@@ -282,28 +295,34 @@ def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfi
 
 def training_step(crosscoder: Crosscoder, optimizer: torch.optim.Optimizer, acts_BXD: torch.Tensor,
                   cfg: TrainConfig, tracker: FiringTracker, lr: float, mlp=None,
-                  mlp_slots: list[int] | None = None, with_fvu: bool = True) -> StepOutput:
+                  mlp_slots: list[int] | None = None, with_fvu: bool = True,
+                  parallel: SingleProcess = SINGLE) -> StepOutput:
     """One optimiser step on raw ``acts_BXD``: loss, backward, clipping, Adam, firing tracker.
 
-    If the loss is not finite nothing is updated (the caller decides what to do).
+    If the loss is not finite nothing is updated (the caller decides what to do). Under data
+    parallelism the returned scalars are the global batch's (detached) and gradients are averaged
+    over ranks before clipping.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    s = compute_loss(crosscoder, acts_BXD, cfg, tracker.dead_H, mlp, mlp_slots, with_fvu)
+    s = compute_loss(crosscoder, acts_BXD, cfg, tracker.dead_H, mlp, mlp_slots, with_fvu, parallel)
+    loss, s = s.loss, parallel.mean_over_ranks(s)
     if not torch.isfinite(s.loss):
         return s
     optimizer.zero_grad(set_to_none=True)
-    s.loss.backward()
+    loss.backward()
+    parallel.average_gradients(optimizer.param_groups[0]["params"])
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], cfg.grad_clip, foreach=True)
     optimizer.step()
-    tracker.update(s.codes)
+    tracker.update(parallel.fired_codes(s.codes, crosscoder.n_features))
     return s
 
 
-def _nonfinite_slots(acts_BXD: torch.Tensor) -> list[int]:
-    # A sum is non-finite iff some element is (inf - inf gives nan), at the cost of one reduction.
-    per_slot = acts_BXD.sum(dim=(0, 2))
+def _nonfinite_slots(acts_BXD: torch.Tensor, parallel: SingleProcess = SINGLE) -> list[int]:
+    # A sum is non-finite iff some element is (inf - inf gives nan), at the cost of one reduction;
+    # summed over ranks so that every rank stops at the same step.
+    per_slot = parallel.sum_over_ranks(acts_BXD.sum(dim=(0, 2)))
     return torch.nonzero(~torch.isfinite(per_slot)).flatten().tolist()
 
 
@@ -350,6 +369,10 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
         resume: continue from ``out_dir/checkpoint`` when there is one.
         stop_at_step: stop (with a checkpoint) once this many steps are done, e.g. to split a run.
 
+    Under ``torchrun`` (an initialised process group of several ranks) every rank calls this with
+    the same arguments: each trains on its shard of every global batch of ``cfg.batch_size``
+    positions, and only rank 0 writes to ``out_dir`` (:mod:`crosscoder_lib.distributed`).
+
     Raises:
         NonFiniteError: NaN/inf in a batch (step and hookpoint named) or in the loss; the state
             before that step is kept (and checkpointed when ``out_dir`` is given).
@@ -361,6 +384,8 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
                          "mlp=crosscoder_lib.mlp.mlp_weights(bridge)")
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
+    parallel = data_parallel()
+    parallel.check_batch_size(cfg.batch_size)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     cc = crosscoder if isinstance(crosscoder, Crosscoder) else Crosscoder(crosscoder)
@@ -377,7 +402,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / CHECKPOINT_DIR if out_dir is not None else None
     step, metrics = 0, []
-    if out_dir is not None:
+    if out_dir is not None and parallel.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
     if resume and ckpt_dir is not None and has_training_state(ckpt_dir):
@@ -389,6 +414,8 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
     def save(at_step: int) -> Path | None:
         if ckpt_dir is None:
             return None
+        if not parallel.is_main:
+            return ckpt_dir  # rank 0 writes it
         return save_training_state(ckpt_dir, crosscoder=cc, optimizer=optimizer,
                                    buffers=dict(tracker.state_dict()),
                                    meta={"step": at_step, "metrics": metrics,
@@ -413,14 +440,15 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
 
     end = cfg.n_steps if stop_at_step is None else min(stop_at_step, cfg.n_steps)
     bar = None
-    if cfg.progress:
+    if cfg.progress and parallel.is_main:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.n_steps, initial=step, desc="crosscoder", dynamic_ncols=True)
-    run = _wandb_run(cfg, cc.cfg) if cfg.wandb else None
+    run = _wandb_run(cfg, cc.cfg) if cfg.wandb and parallel.is_main else None
+    local_activation, cc.activation = cc.activation, parallel.activation(cc.activation)
     try:
         while step < end:
-            acts = next(batches).to(device)
-            bad = _nonfinite_slots(acts)
+            acts = parallel.shard(next(batches)).to(device)
+            bad = _nonfinite_slots(acts, parallel)
             if bad:
                 path = save(step)
                 raise NonFiniteError(
@@ -430,7 +458,8 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
                        if path else "The crosscoder keeps its last good state (pass out_dir to checkpoint it)."))
             lr = cfg.lr_at(step)
             logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps
-            s = training_step(cc, optimizer, acts, cfg, tracker, lr, mlp, mlp_slots, with_fvu=logging)
+            s = training_step(cc, optimizer, acts, cfg, tracker, lr, mlp, mlp_slots, with_fvu=logging,
+                              parallel=parallel)
             if not torch.isfinite(s.loss):
                 path = save(step)
                 raise NonFiniteError(
@@ -458,12 +487,13 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
         save(step)
         raise
     finally:
+        cc.activation = local_activation
         if bar is not None:
             bar.close()
         if run is not None:
             run.finish()
     save(step)
-    if out_dir is not None and step == cfg.n_steps:
+    if out_dir is not None and step == cfg.n_steps and parallel.is_main:
         cc.save(out_dir / FINAL_DIR, fold=True)
     return TrainResult(cc, metrics, metrics[-1] if metrics else {}, step, out_dir)
 
@@ -502,19 +532,33 @@ def run_from_config(config: dict):
     one text per line instead of the embedded corpus), ``buffer`` (``capacity_tokens``,
     ``exclude_first``, ``cache_dir``), ``crosscoder`` (CrosscoderConfig fields), ``train``
     (TrainConfig fields), ``out_dir``.
+
+    A list ``train.lambda_int`` is a λ sweep: each λ is trained in turn on the same activation
+    stream into ``out_dir/lambda_<λ>``, a list of results is returned and ``out_dir/sweep.json``
+    holds every λ's final metrics. Under ``torchrun`` every rank harvests its share of each token
+    batch (:meth:`~crosscoder_lib.distributed.DataParallel.sharded_harvester`; a ``cache_dir`` gets
+    one sub-folder per rank) and only rank 0 writes files.
     """
     from crosscoder_lib import data as data_mod
-    from crosscoder_lib.harvest import ActivationBuffer
-    from crosscoder_lib.hookpoints import paper_hookpoints
+    from crosscoder_lib.harvest import ActivationBuffer, harvest
+    from crosscoder_lib.hookpoints import paper_hookpoints, validate_hookpoints
     from crosscoder_lib.loading import load_model
 
     unknown = sorted(set(config) - {"model", "hookpoints", "data", "buffer", "crosscoder", "train", "out_dir"})
     if unknown:
         raise ValueError(f"unknown run-config key(s) {unknown}")
-    tcfg = TrainConfig.from_dict(config.get("train", {}))
+    train_d = config.get("train", {})
+    sweep = isinstance(train_d.get("lambda_int"), list)
+    tcfgs = [TrainConfig.from_dict(train_d | {"lambda_int": lam}) for lam in train_d["lambda_int"]] if sweep \
+        else [TrainConfig.from_dict(train_d)]
+    if not tcfgs:
+        raise ValueError("train.lambda_int is an empty list; give at least one λ")
+    tcfg = tcfgs[0]
+    parallel = data_parallel()
     bridge = load_model(config["model"], device=tcfg.device)
     hp = config.get("hookpoints", "paper")
     hookpoints = paper_hookpoints(bridge.cfg.n_layers) if hp == "paper" else list(hp)
+    validate_hookpoints(hookpoints, bridge)
     d = {"n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0} | config.get("data", {})
     if "texts_file" in d:
         texts = [line for line in Path(d["texts_file"]).read_text().splitlines() if line.strip()]
@@ -526,23 +570,37 @@ def run_from_config(config: dict):
                                       context_len=d["context_len"], seed=d["seed"], epochs=None)
 
     buf_cfg = {"capacity_tokens": 16384, "exclude_first": True, "cache_dir": None} | config.get("buffer", {})
-    source = ActivationBuffer(bridge, tokens, hookpoints, batch_size=tcfg.batch_size, seed=tcfg.seed, **buf_cfg)
+    buf_cfg["cache_dir"] = parallel.private_dir(buf_cfg["cache_dir"])
+    harvester = parallel.sharded_harvester(
+        lambda t: harvest(bridge, t, hookpoints, exclude_first=buf_cfg["exclude_first"]))
+    source = ActivationBuffer(bridge, tokens, hookpoints, batch_size=tcfg.batch_size, seed=tcfg.seed,
+                              harvester=harvester, **buf_cfg)
     cc_cfg = CrosscoderConfig.from_dict({"hookpoints": hookpoints, "d_model": bridge.cfg.d_model}
                                         | config.get("crosscoder", {}))
     mlp = None
-    if tcfg.lambda_int > 0:
+    if any(c.lambda_int > 0 for c in tcfgs):
         from crosscoder_lib.mlp import mlp_weights
         mlp = mlp_weights(bridge)
     out_dir = config.get("out_dir")
-    result = train(tcfg, source, crosscoder=cc_cfg, mlp=mlp, out_dir=out_dir)
-    if out_dir is not None:
+    results = []
+    for c in tcfgs:
+        run_dir = Path(out_dir, f"lambda_{c.lambda_int:g}") if sweep and out_dir is not None else out_dir
+        results.append(train(c, source, crosscoder=cc_cfg, mlp=mlp if c.lambda_int > 0 else None,
+                             out_dir=run_dir))
+        if run_dir is not None and parallel.is_main:
+            Path(run_dir, "final_metrics.json").write_text(json.dumps(results[-1].final, indent=2))
+    if out_dir is not None and parallel.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         Path(out_dir, "run_config.json").write_text(json.dumps(config, indent=2))
-        Path(out_dir, "final_metrics.json").write_text(json.dumps(result.final, indent=2))
-    return result
+        if sweep:
+            Path(out_dir, "sweep.json").write_text(json.dumps(
+                [{"lambda_int": c.lambda_int, **r.final} for c, r in zip(tcfgs, results)], indent=2))
+    return results if sweep else results[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``crosscoder-train run.json [--set key=value ...]``: train from a run-config file."""
+    """``crosscoder-train run.json [--set key=value ...]``: train from a run-config file (under
+    ``torchrun`` too: the process group is set up from its environment and torn down at the end)."""
     parser = argparse.ArgumentParser(prog="crosscoder-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="run-config JSON file (see crosscoder_lib.training.run_from_config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -551,8 +609,19 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads(Path(args.config).read_text())
     for assignment in args.set:
         _apply_override(config, assignment)
-    result = run_from_config(config)
-    print(json.dumps({"step": result.step, **result.final}, indent=2))
+    parallel = init_from_env(config.get("train", {}).get("device", "cpu"))
+    try:
+        result = run_from_config(config)
+    except BaseException:
+        teardown(wait=False)  # the other ranks may be stuck in a collective
+        raise
+    teardown()
+    if parallel.is_main:
+        if isinstance(result, list):
+            print(json.dumps([{"lambda_int": lam, "step": r.step, **r.final}
+                              for lam, r in zip(config["train"]["lambda_int"], result)], indent=2))
+        else:
+            print(json.dumps({"step": result.step, **result.final}, indent=2))
     return 0
 
 
