@@ -94,6 +94,9 @@ class SingleProcess:
         """A folder this rank may write without racing the others."""
         return path
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
 
 SINGLE = SingleProcess()
 
@@ -183,6 +186,9 @@ class DataParallel(SingleProcess):
 
     def private_dir(self, path):
         return None if path is None else Path(path) / f"rank_{self.rank}"
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
 
 
 class ShardedBatchTopK(BatchTopK):

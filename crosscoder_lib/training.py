@@ -3,12 +3,17 @@
 The loss of a batch of raw activations ``x_BXD`` (SPEC §2), in normalised units ``s_x x_x``::
 
     loss = mean_b Σ_x ‖s_x x_x − s_x x̂_x‖²                 reconstruction (summed over hookpoints)
-         + α · AuxK                                         dead features model the residual
+         + α · Var(s x) · AuxK                              dead features model the residual
          + sparsity penalty                                 ReLU / JumpReLU only
          + λ · L_int                                        the interaction penalty (λ > 0)
 
 with ``AuxK = mean_b ‖e − ê‖² / mean_b ‖e − mean(e)‖²``, ``e`` the (detached) residual of the main
 reconstruction and ``ê`` the decoding of the dead features' ``k_aux`` largest pre-activations.
+``Var(s x) = Σ_x Σ_d Var_b(s_x x_x)`` (detached) puts AuxK in the reconstruction's units: Gao et al.
+(2024) weigh ``α = 1/32`` against a *normalised* reconstruction loss (the FVU), and ours is the FVU
+times ``Var(s x)``; without the factor AuxK is ``Var(s x)`` ≈ X·D times weaker than intended (≈2000×
+for 17 slots of width 128), too weak to revive anything in a short run (measured in issue 4: 19.5 %
+of features never fired on held-out tokens with it, 20.5 % without AuxK at all, 0 % with the factor).
 ``L_int`` comes from :func:`crosscoder_lib.interactions.interaction_penalty` on the MLP-input
 slots. Adam, learning rate warmed up linearly over ``warmup_frac`` of the steps and decayed linearly
 to zero over the last ``decay_frac``; gradient-norm clipping.
@@ -274,16 +279,21 @@ def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfi
     B = acts_BXD.shape[0]
     mse = F.mse_loss(out.recon_scaled_BXD, out.x_scaled_BXD, reduction="sum") / B
     fvu = torch.tensor(float("nan"))
+    var = None  # Σ_x Σ_d Var_b(s_x x_x): the FVU's denominator and AuxK's unit
     if with_fvu:
         with torch.no_grad():
             var = parallel.batch_var(out.x_scaled_BXD).sum()
             fvu = mse.detach() / var.clamp_min(1e-12)
-    aux = out.pre_BH.new_zeros(())
+    aux = aux_weight = out.pre_BH.new_zeros(())
     if crosscoder.cfg.aux_alpha > 0 and bool(dead_H.any()):
         residual_BXD = (out.x_scaled_BXD - out.recon_scaled_BXD).detach()
         aux = aux_loss(crosscoder, out.pre_BH, residual_BXD, dead_H, parallel)
+        if var is None:
+            with torch.no_grad():
+                var = parallel.batch_var(out.x_scaled_BXD).sum()
+        aux_weight = crosscoder.cfg.aux_alpha * var  # α against the FVU, as in Gao et al. (module docstring)
     sparsity = crosscoder.activation.sparsity_penalty(out.pre_BH, out.codes, crosscoder.decoder_norms_H())
-    loss = mse + crosscoder.cfg.aux_alpha * aux + sparsity
+    loss = mse + aux_weight * aux + sparsity
     penalty = share = None
     if cfg.lambda_int > 0:
         from crosscoder_lib.interactions import interaction_penalty
@@ -495,6 +505,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
     save(step)
     if out_dir is not None and step == cfg.n_steps and parallel.is_main:
         cc.save(out_dir / FINAL_DIR, fold=True)
+    parallel.barrier()  # rank 0's files are complete before any rank reads them (e.g. to resume)
     return TrainResult(cc, metrics, metrics[-1] if metrics else {}, step, out_dir)
 
 
