@@ -107,6 +107,27 @@ def test_auxk_revives_dead_features():
     assert run(1 / 32).final["dead_fraction"] < 0.45  # at least 3 of the 32 back within 400 steps
 
 
+def test_auxk_is_weighed_against_the_fvu(acts):
+    """loss = mse + α·Var(s x)·AuxK: α = 1/32 weighs AuxK against the FVU as in Gao et al., so the
+    AuxK term does not shrink by X·D against the summed squared error (issue 4: without the factor
+    AuxK was ~2000x too weak on the embedded model and revived nothing)."""
+    from crosscoder_lib.training import compute_loss
+
+    cc = Crosscoder(_cc_cfg(aux_alpha=0.5))
+    cc.set_input_scale(acts[:512])
+    x = acts[:64]
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::2] = True
+    s = compute_loss(cc, x, _tcfg(), dead)
+    var = (x * cc.input_scale_X[:, None]).var(0, unbiased=False).sum()
+    assert float(s.aux) > 0
+    assert torch.allclose(s.loss, s.mse + 0.5 * var * s.aux, rtol=1e-5)
+    s_fast = compute_loss(cc, x, _tcfg(), dead, with_fvu=False)  # same weight without the FVU pass
+    assert torch.allclose(s_fast.loss, s.loss)
+    s0 = compute_loss(cc, x, _tcfg(), torch.zeros(64, dtype=torch.bool))  # nothing dead: no AuxK
+    assert float(s0.aux) == 0 and torch.allclose(s0.loss, s0.mse)
+
+
 def test_same_seed_gives_identical_metrics(acts):
     a = train(_tcfg(), acts, crosscoder=_cc_cfg())
     b = train(_tcfg(), acts, crosscoder=_cc_cfg())
