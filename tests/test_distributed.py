@@ -6,9 +6,9 @@ relative ``1e-5``. Why not bit for bit: the global batch's sums (gradients, the 
 normalisers, the metrics) are formed as two half-batch sums added together instead of one sum, and
 harvested activations come from forwards over half the sequences, which changes the order of
 float32 additions (relative round-off ~1e-7 per operation). Measured on the 2-core CPU: worst
-weight gap 2.0e-7 of the tensor's largest entry (tensor source, 30 steps) and 1.5e-7 (command
-line, 12 steps per λ), worst metric gap 2.4e-7 relative, BatchTopK thresholds identical: the
-tolerance leaves a factor 50. A wrong reduction moves the weights far outside it (measured by
+weight gap 3.4e-7 of the tensor's largest entry (tensor source, 30 steps) and 2.3e-7 (command
+line, 12 steps per λ), worst metric gap 2.5e-7 relative, BatchTopK thresholds identical: the
+tolerance leaves a factor ~30. A wrong reduction moves the weights far outside it (measured by
 swapping one in: per-shard BatchTopK 1.3, per-shard AuxK/FVU normaliser 0.27, per-shard
 dead-feature tracker 0.32 of the largest entry).
 """
