@@ -266,15 +266,18 @@ class Throughput:
 
     name: str
     flops_per_s: float  # sustained dense fp32 matmul speed assumed
-    step_overhead_s: float  # per crosscoder step: top-k, ~100 kernel launches, Adam (assumed)
+    memory_bytes_per_s: float  # device memory bandwidth assumed (Adam's update, the penalty's gathers)
+    step_overhead_s: float  # per crosscoder step: top-k, ~100 kernel launches, bookkeeping (assumed)
     host_to_device_bytes_per_s: float  # pageable copies of each batch of activations
     note: str = ""
 
 
-T4 = Throughput("Colab T4 (fp32)", 4.0e12, 0.010, 6e9,
-                "assumed: half the T4's 8.1 TFLOP/s fp32 peak (it is power-capped at 70 W)")
-A100 = Throughput("A100 40GB (fp32, TF32 off)", 12e12, 0.006, 10e9,
-                  "assumed: ~60 % of the A100's 19.5 TFLOP/s fp32 peak (PyTorch leaves TF32 off for matmuls)")
+T4 = Throughput("Colab T4 (fp32)", 4.0e12, 250e9, 0.010, 6e9,
+                "assumed: half the T4's 8.1 TFLOP/s fp32 peak (it is power-capped at 70 W), "
+                "250 of its 320 GB/s")
+A100 = Throughput("A100 40GB (fp32, TF32 off)", 12e12, 1.2e12, 0.006, 10e9,
+                  "assumed: ~60 % of the A100's 19.5 TFLOP/s fp32 peak (PyTorch leaves TF32 off for "
+                  "matmuls), 1.2 of its 1.55 TB/s")
 THROUGHPUTS = {"colab-t4": T4, "paper": A100}
 """The device each preset is costed on."""
 
@@ -349,30 +352,54 @@ class Cost(NamedTuple):
 
 def crosscoder_step_flops(batch: int, n_features: int, shape: ModelShape = TINYSTORIES_33M,
                           penalised: bool = False) -> float:
-    """FLOPs of one training step: encoder and dense decoder, forward (2·B·X·D·H each) and backward
-    (twice that), so ``12·B·X·D·H``; the penalty adds ``G_l = W_dec[:, slot(l)] @ W_in`` and its
-    gradient, ``4·H·D·N`` per block."""
-    f = 12 * batch * shape.n_slots * shape.d_model * n_features
+    """FLOPs of one training step: the encoder's forward and weight gradient, ``2·B·X·D·H`` each
+    (the activations need no gradient); the decoder runs through the ≈ k active features only
+    (``6·B·k·X·D``, with k = 20). The penalty adds ``G_l = W_dec[:, slot(l)] @ W_in`` and its
+    gradient, ``4·H·D·N`` per block. AuxK adds up to another ``4·B·X·D·H`` while features are dead;
+    not counted."""
+    XD = shape.n_slots * shape.d_model
+    f = 4 * batch * XD * n_features + 6 * batch * 20 * XD
     if penalised:
         f += 4 * n_features * shape.d_model * shape.d_mlp * shape.n_blocks
     return float(f)
 
 
+def crosscoder_step_bytes(batch: int, n_features: int, shape: ModelShape = TINYSTORIES_33M,
+                          penalised: bool = False) -> float:
+    """Device-memory traffic of one step that no matmul hides: Adam reads parameter, gradient and
+    two moments and writes three of them (28 bytes per parameter of the 2·X·D·H); the penalty
+    gathers each token's ≈ k rows of ``|G_l|`` (``B·k·N`` floats per block, read about 3 times)."""
+    b = 28 * 2 * shape.n_slots * shape.d_model * n_features
+    if penalised:
+        b += 3 * 4 * batch * 20 * shape.d_mlp * shape.n_blocks
+    return float(b)
+
+
 def estimate_cost(chapter: str | int, params: dict, throughput: Throughput,
-                  shape: ModelShape = TINYSTORIES_33M) -> Cost:
-    """Estimate a chapter run's time and memory from FLOP counts (:func:`chapter_work`) at an
-    assumed ``throughput``: ``seconds = FLOPs / speed + steps · overhead + bytes copied / bandwidth``.
-    An estimate by construction; chapter 6 compares it with a measured training step."""
+                  shape: ModelShape = TINYSTORIES_33M,
+                  step_seconds: tuple[float, float] | None = None) -> Cost:
+    """Estimate a chapter run's time and memory from its work (:func:`chapter_work`) at an assumed
+    ``throughput``: LM FLOPs / speed, plus per crosscoder step FLOPs / speed + memory traffic /
+    bandwidth + overhead, plus activations copied to the device / bandwidth.
+
+    ``step_seconds = (plain, penalised)`` replaces the per-step model by measured step times (chapter
+    6 measures them on the device it runs on). An estimate either way: nothing here ran a chapter.
+    """
     w = chapter_work(chapter, params, shape)
     S = params["CONTEXT_LEN"]
-    lm = (w.positions + w.lm_tokens) * shape.forward_flops(S)
-    train = ((w.steps * crosscoder_step_flops(w.batch, w.n_features, shape))
-             + w.penalised_steps * crosscoder_step_flops(w.batch, w.n_features, shape, penalised=True))
-    flops = lm + train
-    steps = w.steps + w.penalised_steps
+    lm_flops = (w.positions + w.lm_tokens) * shape.forward_flops(S)
+    step_flops = [crosscoder_step_flops(w.batch, w.n_features, shape, pen) for pen in (False, True)]
+    flops = lm_flops + w.steps * step_flops[0] + w.penalised_steps * step_flops[1]
+    if step_seconds is None:
+        step_seconds = tuple(
+            step_flops[pen] / throughput.flops_per_s
+            + crosscoder_step_bytes(w.batch, w.n_features, shape, bool(pen)) / throughput.memory_bytes_per_s
+            + throughput.step_overhead_s
+            for pen in (0, 1))
     bytes_per_pos = shape.n_slots * shape.d_model * 4
-    seconds = (flops / throughput.flops_per_s + steps * throughput.step_overhead_s * (1 + (w.penalised_steps > 0))
-               + (steps * w.batch + w.positions) * bytes_per_pos / throughput.host_to_device_bytes_per_s)
+    seconds = (lm_flops / throughput.flops_per_s
+               + w.steps * step_seconds[0] + w.penalised_steps * step_seconds[1]
+               + (w.steps + w.penalised_steps) * w.batch * bytes_per_pos / throughput.host_to_device_bytes_per_s)
     host = 2 * w.positions * bytes_per_pos
     D, N, H, L = shape.d_model, shape.d_mlp, w.n_features, shape.n_blocks
     weights = 4 * (shape.block_params() + D * shape.d_vocab)

