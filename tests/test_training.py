@@ -61,6 +61,11 @@ def test_config_validation(tmp_path):
     lrs = [cfg.lr_at(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
     assert lrs[80] == 1.0 and lrs[99] == pytest.approx(0.05)  # linear decay to 0
+    with pytest.raises(ValueError, match="lambda_warmup_frac must be in"):
+        TrainConfig(lambda_warmup_frac=1.5)
+    lam = TrainConfig(n_steps=10, lambda_int=100.0, lambda_warmup_frac=0.4)
+    assert [lam.lambda_at(s) for s in range(6)] == [25.0, 50.0, 75.0, 100.0, 100.0, 100.0]
+    assert TrainConfig(n_steps=10, lambda_int=100.0).lambda_at(0) == 100.0  # no warm-up by default
     with pytest.raises(ValueError, match="needs the model's MLP weights"):
         train(TrainConfig(lambda_int=10.0, progress=False), torch.zeros(10, 3, 16), crosscoder=_cc_cfg())
 
@@ -120,12 +125,12 @@ def test_auxk_is_weighed_against_the_fvu(acts):
     dead[::2] = True
     s = compute_loss(cc, x, _tcfg(), dead)
     var = (x * cc.input_scale_X[:, None]).var(0, unbiased=False).sum()
-    assert float(s.aux) > 0
+    assert float(s.aux.detach()) > 0
     assert torch.allclose(s.loss, s.mse + 0.5 * var * s.aux, rtol=1e-5)
     s_fast = compute_loss(cc, x, _tcfg(), dead, with_fvu=False)  # same weight without the FVU pass
     assert torch.allclose(s_fast.loss, s.loss)
     s0 = compute_loss(cc, x, _tcfg(), torch.zeros(64, dtype=torch.bool))  # nothing dead: no AuxK
-    assert float(s0.aux) == 0 and torch.allclose(s0.loss, s0.mse)
+    assert float(s0.aux.detach()) == 0 and torch.allclose(s0.loss, s0.mse)
 
 
 def test_same_seed_gives_identical_metrics(acts):
@@ -199,9 +204,15 @@ def test_interaction_penalty_path():
                      torch.randn(1, 24, 16, generator=g) / 5, torch.zeros(1, 16), "relu")
     acts = sparse_synthetic(T=512)
     r = train(_tcfg(n_steps=10, lambda_int=5.0), acts, crosscoder=_cc_cfg(), mlp=mlp)
-    assert {"penalty", "dominant_share"} <= set(r.final)
+    assert {"penalty", "dominant_share", "lambda"} <= set(r.final)
     assert 0 < r.final["dominant_share"] <= 1
     assert interactions.interaction_penalty is not None
+    # λ warm-up: the loop uses lambda_at(step), and the loss adds exactly that weight times the penalty
+    w = train(_tcfg(n_steps=10, lambda_int=5.0, lambda_warmup_frac=1.0, log_every=1), acts,
+              crosscoder=_cc_cfg(), mlp=mlp)
+    assert [m["lambda"] for m in w.metrics] == [0.5 * (s + 1) for s in range(10)]
+    for m in w.metrics:
+        assert m["loss"] == pytest.approx(m["mse"] + m["lambda"] * m["penalty"], rel=1e-4)  # no dead: no AuxK
 
 
 def test_command_line(tmp_path, monkeypatch):
