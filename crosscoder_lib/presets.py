@@ -69,13 +69,15 @@ _COMMON = {"MODEL": PAPER_MODEL, "DATASET": PAPER_DATASET, "CONTEXT_LEN": 128, "
 
 # Learning rates: the paper's 1e-4 belongs to its 50k steps; the chapters' CPU defaults use 1e-3 for
 # a few hundred steps. 3e-4 for the 4k-10k-step T4 presets sits between the two; it is not tuned.
+# DEAD_STEPS (AuxK's window): the chapters' CPU defaults (25-200) suit a few hundred steps; over 50k
+# steps a feature silent for 1000 steps (256k positions) is dead by any measure (SAELens' default window).
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "01": dict(_COMMON, N_TOKENS=PAPER_POSITIONS, N_EVAL_TOKENS=32_768, STEPS=50_000, BATCH_SIZE=256,
                    LR=1e-4, DEAD_STEPS=1_000, N_SPLICE_SEQS=64),
         "02": dict(_COMMON, N_TEXTS=1_600, TRAIN_STEPS=50_000, BATCH_SIZE=256, LR=1e-4, N_EVAL_SEQS=64),
         "03": dict(_COMMON, N_TOKENS=PAPER_POSITIONS, N_TEST_TOKENS=32_768, STEPS=50_000, BATCH_SIZE=256,
-                   LR=1e-4, LAMBDAS=list(PAPER_LAMBDAS), PENALISED_LAMBDA="auto", ABLATION_BATCHES=8,
+                   LR=1e-4, LAMBDAS=list(PAPER_LAMBDAS), DEAD_STEPS=1_000, PENALISED_LAMBDA="auto", ABLATION_BATCHES=8,
                    ABLATION_SEQS=16),
         "04": dict(_COMMON, N_TRAIN_TOKENS=PAPER_POSITIONS, N_HELDOUT_TOKENS=50_000, STEPS=50_000, LR=1e-4,
                    LAMBDA=PAPER_PENALISED_LAMBDA, TOP_K=10, MIN_CLUSTER=6, N_RANDOM=20),
@@ -87,7 +89,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    DEAD_STEPS=500, N_SPLICE_SEQS=16),
         "02": dict(_COMMON, N_TEXTS=260, TRAIN_STEPS=10_000, BATCH_SIZE=256, LR=3e-4, N_EVAL_SEQS=24),
         "03": dict(_COMMON, N_TOKENS=65_536, N_TEST_TOKENS=8_192, STEPS=4_000, BATCH_SIZE=256, LR=3e-4,
-                   LAMBDAS=[0, 50, 200, 1000, 2000, 10000], PENALISED_LAMBDA="auto", ABLATION_BATCHES=2,
+                   LAMBDAS=[0, 50, 200, 1000, 2000, 10000], DEAD_STEPS=500, PENALISED_LAMBDA="auto",
+                   ABLATION_BATCHES=2,
                    ABLATION_SEQS=8),
         "04": dict(_COMMON, N_TRAIN_TOKENS=65_536, N_HELDOUT_TOKENS=16_384, STEPS=10_000, LR=3e-4,
                    LAMBDA=PAPER_PENALISED_LAMBDA, TOP_K=10, MIN_CLUSTER=6, N_RANDOM=20),
