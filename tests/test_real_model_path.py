@@ -115,7 +115,8 @@ def test_one_lora_step_with_the_bpe_tokenizer(world, tmp_path):
 
 # Sizes FAST leaves free, set small (the path is under test here, not the numbers): K = 8 active
 # features instead of 20, and shorter windows / batches where the chapter exposes them. Measured
-# on the shared 2-core CPU under load ~5-6: 47-75 s per chapter (5.5 min for all five).
+# on the 2-core CPU: 9-11 s per chapter, 50 s for this whole file when idle (load 0.3); 47-75 s
+# per chapter, 5.5 min in all, when shared with other jobs (load ~5-6).
 CHAPTERS = {
     "01_crosscoders": {"K": 8},
     "02_compact_proofs": {"K": 8, "BATCH_SIZE": 64},
