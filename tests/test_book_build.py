@@ -11,12 +11,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebooks import ROOT, build_book, stage_book, toc_notebooks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  # no network at all: every http(s) request goes to a closed local port; file:// still works
+                  "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,21 @@ def test_math_is_typeset_and_widgets_render_offline(built_book):
     dom = _dom(page)
     assert dom.count("<mjx-container") >= 5, "MathJax did not typeset the chapter's math"
     assert "widget-slider" in dom, "the ipywidgets slider did not render"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (see the test above)")
+def test_screenshot_of_a_chapter(built_book, tmp_path):
+    """A screenshot of chapter 0 (kept in the test's tmp folder, path printed): a rendered page is a
+    large PNG with many colours; an unstyled or blank one is small."""
+    page = built_book / "book" / "chapters" / "00_why_features_interact.html"
+    shot = tmp_path / "chapter00.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                        "--window-size=1280,4000", f"--screenshot={shot}", page.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    print(f"screenshot: {shot}")
+    assert shot.is_file() and shot.stat().st_size > 50_000, "no screenshot, or a blank page"
 
 
 def test_a_failing_cell_fails_the_book_build(tmp_path):
