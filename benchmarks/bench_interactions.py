@@ -39,13 +39,23 @@ import time
 
 import torch
 
+from crosscoder_lib import interactions
 from crosscoder_lib.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
 from crosscoder_lib.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib import interactions
-from crosscoder_lib.interactions import _chunk_tokens, interaction_matrix, interaction_penalty, neuron_weights
+from crosscoder_lib.interactions import (
+    _chunk_tokens,
+    interaction_matrix,
+    interaction_penalty,
+    neuron_weights,
+)
 from crosscoder_lib.mlp import MLPWeights
-from crosscoder_lib.training import TrainConfig, compute_loss, make_optimizer, training_step
+from crosscoder_lib.training import (
+    TrainConfig,
+    compute_loss,
+    make_optimizer,
+    training_step,
+)
 
 L, D, N, H, K_TOPK = 4, 768, 3072, 1536, 20
 HP = paper_hookpoints(L)

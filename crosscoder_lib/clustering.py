@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Callable, Literal, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch

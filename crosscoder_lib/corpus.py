@@ -55,9 +55,10 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterator, NamedTuple
+from functools import cache
+from typing import NamedTuple
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary by category. Lists are disjoint (tested): a word's category is unambiguous.
@@ -524,7 +525,7 @@ def _raw_examples(rng: random.Random) -> Iterator[Example]:
         yield _generate(rng)
 
 
-@lru_cache(maxsize=None)
+@cache
 def acceptance_rate() -> float:
     """``P(n_tokens(doc) <= MAX_DOC_TOKENS)`` under the unconstrained grammar, measured on
     :data:`ACCEPTANCE_SAMPLES` draws of a fixed seed (cached per process)."""
@@ -581,7 +582,7 @@ def _alt(words) -> str:
     return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _slot_regex() -> dict[str, str]:
     """Regexes (over space-separated lowercase-initial words) for every slot."""
     names = _alt(GIRL_NAMES + BOY_NAMES)
@@ -622,7 +623,7 @@ def _template_regex(template: str) -> str:
     return "".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentence_regexes() -> dict[str, re.Pattern]:
     clause = "(?:" + "|".join(_template_regex(t) for t in BODY_CLAUSES) + ")"
     conj = "(?:" + "|".join(_template_regex(c) for c in CONJUNCTIONS) + ")"

@@ -126,7 +126,7 @@ class CrosscoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CrosscoderConfig":
+    def from_dict(cls, d: dict) -> CrosscoderConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -305,7 +305,7 @@ class Crosscoder(nn.Module):
         save_crosscoder(self, folder, fold=fold)
 
     @classmethod
-    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> "Crosscoder":
+    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> Crosscoder:
         """Load a crosscoder written by :meth:`save` (safetensors + JSON only; never pickle)."""
         from crosscoder_lib.checkpoint import load_crosscoder
         return load_crosscoder(folder, device=device)

@@ -41,7 +41,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from crosscoder_lib.activations import Activation, BatchTopK, SparseCodes, dense_to_codes
+from crosscoder_lib.activations import (
+    Activation,
+    BatchTopK,
+    SparseCodes,
+    dense_to_codes,
+)
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

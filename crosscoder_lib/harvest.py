@@ -42,7 +42,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crosscoder_lib.hookpoints import BLOCK_HOOKS, hook_block, last_block_needed, validate_hookpoints
+from crosscoder_lib.hookpoints import (
+    BLOCK_HOOKS,
+    hook_block,
+    last_block_needed,
+    validate_hookpoints,
+)
 
 
 def _check_tokens(tokens_BS: torch.Tensor, exclude_first: bool) -> None:

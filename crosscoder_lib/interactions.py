@@ -36,9 +36,10 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -703,7 +704,7 @@ def token_interaction_scores(
     of token ``t`` over blocks (SPEC §3).
     """
     idx_BK, val_BK = unpack_codes(codes)
-    L, H, N = W_dec_LHD.shape[0], W_dec_LHD.shape[1], mlp.W_in_LDN.shape[2]
+    L, H = W_dec_LHD.shape[0], W_dec_LHD.shape[1]
     _check_decoder(W_dec_LHD, mlp)
     idx_BK = checked_ids(idx_BK, val_BK, H)
     idx_BK, val_BK = active_slots_first(idx_BK, val_BK)

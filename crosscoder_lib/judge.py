@@ -30,7 +30,8 @@ import math
 import os
 import re
 from collections import Counter
-from typing import Literal, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 

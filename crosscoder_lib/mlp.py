@@ -13,10 +13,11 @@ compatibility mode the LayerNorm scale and bias are folded into ``W_in``/``b_in`
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
+
 
 def activation(z: torch.Tensor, act_fn: str) -> torch.Tensor:
     """``σ(z)`` for an activation named as in Hugging Face's ``ACT2FN`` (the name a bridge's
@@ -28,7 +29,7 @@ def activation(z: torch.Tensor, act_fn: str) -> torch.Tensor:
     return ACT2FN[act_fn](z)
 
 
-@lru_cache(maxsize=None)
+@cache
 def lipschitz(act_fn: str) -> float:
     """Global Lipschitz constant ``Lip(σ) = sup_z |σ'(z)|`` of the activation, computed numerically.
 
@@ -39,7 +40,7 @@ def lipschitz(act_fn: str) -> float:
     else there is no global constant (e.g. ``relu2``) and a ``ValueError`` says so. ReLU gives 1;
     GELU gives ≈ 1.1289 (exact) / 1.1290 (tanh form), attained near ``z = √2``.
     """
-    f = lambda z: activation(z, act_fn)  # noqa: E731  (validates the name on first use)
+    f = lambda z: activation(z, act_fn)
 
     def slope(z: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():  # callers may be under no_grad
@@ -84,11 +85,11 @@ class MLPWeights(NamedTuple):
         """``‖W_out[l][k]‖``: how far neuron ``k`` of block ``l`` can move the residual stream per unit."""
         return self.W_out_LND.norm(dim=-1)
 
-    def select(self, blocks: slice) -> "MLPWeights":
+    def select(self, blocks: slice) -> MLPWeights:
         """The weights of a slice of blocks (e.g. ``slice(l, l + 1)``)."""
         return MLPWeights(*(t[blocks] for t in self[:4]), act_fn=self.act_fn)
 
-    def to(self, device=None, dtype=None) -> "MLPWeights":
+    def to(self, device=None, dtype=None) -> MLPWeights:
         return MLPWeights(
             *(t.to(device=device, dtype=dtype) for t in self[:4]), act_fn=self.act_fn
         )

@@ -27,10 +27,9 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
-
-import time
 
 import torch
 

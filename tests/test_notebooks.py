@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
-
 from notebooks import ROOT, execute, toc_notebooks
 
 NOTEBOOKS = toc_notebooks()

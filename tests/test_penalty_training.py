@@ -14,7 +14,11 @@ from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
 from crosscoder_lib.evaluation import evaluate_reconstruction
 from crosscoder_lib.harvest import harvest
 from crosscoder_lib.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib.interactions import dominant_share, interaction_penalty, mlp_input_decoder
+from crosscoder_lib.interactions import (
+    dominant_share,
+    interaction_penalty,
+    mlp_input_decoder,
+)
 from crosscoder_lib.mlp import mlp_weights
 from crosscoder_lib.tokenizer import BOS_ID
 from crosscoder_lib.training import TrainConfig, train

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from builders import exact_crosscoder, random_tokens, tiny_bridge
 
 from crosscoder_lib import loading
 from crosscoder_lib.activations import SparseCodes
@@ -30,9 +31,6 @@ from crosscoder_lib.proofs import (
     soundness,
     spectral_norm,
 )
-from builders import exact_crosscoder, random_tokens, tiny_bridge
-
-
 
 N_BLOCKS = 2
 

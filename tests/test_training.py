@@ -33,15 +33,6 @@ def _tcfg(**kw):
                            "log_every": 5, "checkpoint_every": 10} | kw))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds synchronisation (and contention on a shared CI box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def acts():
     return sparse_synthetic()
