@@ -68,7 +68,7 @@ _COMMON = {"MODEL": PAPER_MODEL, "DATASET": PAPER_DATASET, "CONTEXT_LEN": 128, "
 
 # Learning rates: the paper's 1e-4 belongs to its 50k steps; the chapters' CPU defaults use 1e-3 for
 # a few hundred steps. 3e-4 for the 4k-10k-step T4 presets sits between the two; it is not tuned.
-# DEAD_STEPS (AuxK's window): the chapters' CPU defaults (25-200) suit a few hundred steps; over 50k
+# DEAD_STEPS (AuxK's window): the chapters' CPU defaults (37-200) suit a few hundred steps; over 50k
 # steps a feature silent for 1000 steps (256k positions) is dead by any measure (SAELens' default window).
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {

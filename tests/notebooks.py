@@ -7,6 +7,7 @@ of the book; the per-chapter tests and the book-build test all reuse that execut
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -18,6 +19,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PARAMETERS = {"FAST": True, "DEVICE": "cpu"}
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """``{name: default value}`` of a notebook's ``parameters`` cell, as papermill reads it."""
+    import papermill
+
+    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(notebook)).items()}
 
 
 def toc_notebooks() -> list[Path]:

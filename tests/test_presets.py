@@ -4,31 +4,29 @@ estimate adds up its documented terms."""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import papermill
 import pytest
 import yaml
+from notebooks import notebook_defaults
 
 from crosscoder_lib import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def notebook_defaults(chapter_key: str) -> dict:
+def chapter_defaults(chapter_key: str) -> dict:
     """``{name: default value}`` of the chapter's parameters cell, read by papermill."""
-    nb = ROOT / "book" / "chapters" / f"{presets.CHAPTERS[chapter_key]}.ipynb"
-    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(nb)).items()}
+    return notebook_defaults(ROOT / "book" / "chapters" / f"{presets.CHAPTERS[chapter_key]}.ipynb")
 
 
 @pytest.mark.parametrize("preset", presets.PRESETS)
 @pytest.mark.parametrize("chapter", list(presets.CHAPTERS))
 def test_preset_keys_are_chapter_parameters_of_the_default_type(chapter, preset):
-    defaults = notebook_defaults(chapter)
+    defaults = chapter_defaults(chapter)
     params = presets.parameters(chapter, preset)
     unknown = sorted(set(params) - set(defaults))
     assert not unknown, f"{presets.CHAPTERS[chapter]} has no parameter(s) {unknown}; it has {sorted(defaults)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from notebooks import ROOT
+from notebooks import ROOT, notebook_defaults, toc_notebooks
 
 from crosscoder_lib import results
 
@@ -38,3 +38,16 @@ def test_committed_results_are_full_runs():
     for path in (ROOT / "book" / "results").glob("*.json"):
         data = json.loads(path.read_text())
         assert data["fast"] is False, f"{path.name} comes from a FAST run; commit only full runs"
+
+
+@pytest.mark.parametrize("notebook", [nb for nb in toc_notebooks() if nb.parts[:2] == ("book", "chapters")],
+                         ids=lambda p: p.stem)
+def test_every_chapter_has_results_from_its_current_defaults(notebook):
+    """Each chapter's committed results come from a full run with the parameters its notebook has now:
+    a changed default without a re-run leaves the README table describing another experiment."""
+    path = ROOT / "book" / "results" / f"{notebook.stem}.json"
+    assert path.is_file(), f"no {path.relative_to(ROOT)}: run the chapter with its defaults (make book) and commit it"
+    recorded = json.loads(path.read_text())["params"]
+    stale = {name: (recorded[name], default) for name, default in notebook_defaults(ROOT / notebook).items()
+             if name in recorded and recorded[name] != default}
+    assert not stale, f"{path.name} was made with other defaults (recorded, notebook): {stale}; re-run the chapter"
