@@ -568,8 +568,10 @@ def run_from_config(config: dict):
     """Train from a run description (what the command line reads); returns the :class:`TrainResult`.
 
     Keys: ``model`` (a ``load_model`` name or folder), ``hookpoints`` (``"paper"`` or a list),
-    ``data`` (``n_texts``, ``context_len``, ``batch_size``, ``seed``, optional ``texts_file`` with
-    one text per line instead of the embedded corpus), ``buffer`` (``capacity_tokens``,
+    ``data`` (``dataset``: ``"embedded"`` by default, a local TinyStoriesInstruct-layout or
+    one-per-line text file, or a hub id such as ``"roneneldan/TinyStoriesInstruct"``, read by
+    :func:`crosscoder_lib.data.load_texts`'s train split; ``n_texts``, ``context_len``,
+    ``batch_size``, ``seed``), ``buffer`` (``capacity_tokens``,
     ``exclude_first``, ``cache_dir``), ``crosscoder`` (CrosscoderConfig fields), ``train``
     (TrainConfig fields), ``out_dir``.
 
@@ -599,11 +601,13 @@ def run_from_config(config: dict):
     hp = config.get("hookpoints", "paper")
     hookpoints = paper_hookpoints(bridge.cfg.n_layers) if hp == "paper" else list(hp)
     validate_hookpoints(hookpoints, bridge)
-    d = {"n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0} | config.get("data", {})
-    if "texts_file" in d:
-        texts = [line for line in Path(d["texts_file"]).read_text().splitlines() if line.strip()]
-    else:
-        texts = data_mod.embedded_texts(d["n_texts"])
+    d = {"dataset": "embedded", "n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0} \
+        | config.get("data", {})
+    unknown = sorted(set(d) - {"dataset", "n_texts", "context_len", "batch_size", "seed"})
+    if unknown:
+        raise ValueError(f"unknown data key(s) {unknown}; valid: dataset, n_texts, context_len, batch_size, seed "
+                         "(a text file is data.dataset = its path)")
+    texts = data_mod.load_texts(d["dataset"], "train", d["n_texts"], seed=d["seed"])
 
     def tokens():
         return data_mod.token_batches(texts, bridge.tokenizer, batch_size=d["batch_size"],

@@ -226,3 +226,23 @@ def test_command_line(tmp_path, monkeypatch):
     assert saved["train"]["lr"] == 0.001
     cc = Crosscoder.from_pretrained(tmp_path / "run" / "crosscoder")
     assert len(cc.cfg.hookpoints) == 9
+
+
+def test_command_line_reads_a_local_instruct_file(tmp_path):
+    """``data.dataset`` takes the chapters' DATASET forms: here a TinyStoriesInstruct-layout file (each
+    example several lines, closed by <|endoftext|>); an unknown data key names the valid ones."""
+    from crosscoder_lib import corpus, finetune
+    from crosscoder_lib.loading import save_random_tinystories_like
+    from crosscoder_lib.training import run_from_config
+
+    folder = save_random_tinystories_like(tmp_path / "model", n_blocks=2, d_model=16, d_mlp=32,
+                                          context_len=16)
+    texts = tmp_path / "instruct.txt"
+    finetune.save_texts(corpus.generate_texts(30, seed=3), texts)
+    config = {"model": str(folder), "data": {"dataset": str(texts), "n_texts": 20, "context_len": 16,
+                                             "batch_size": 8},
+              "buffer": {"capacity_tokens": 256}, "crosscoder": {"n_features": 32, "k": 4},
+              "train": {"n_steps": 3, "batch_size": 32, "progress": False, "n_norm_batches": 1}}
+    assert run_from_config(config).metrics[-1]["step"] == 3
+    with pytest.raises(ValueError, match="texts_file.*valid: dataset"):
+        run_from_config(config | {"data": {"texts_file": str(texts)}})
