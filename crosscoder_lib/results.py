@@ -158,13 +158,14 @@ class ChapterRun:
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
-    def finish(self, metrics: dict[str, Any], reproduction: list[dict[str, Any]] | None = None) -> Path:
+    def finish(self, metrics: dict[str, Any], reproduction: list[dict[str, Any]] | None = None) -> None:
+        """Write the results file and say where (returns nothing: it is a chapter's last cell, and a
+        returned path would be displayed under it)."""
         path = record(
             self.chapter, metrics, params=self.params, device=self.device,
             run_seconds=self.seconds, fast=self.fast, reproduction=reproduction,
         )
         print(f"results written to {path} ({_fmt_seconds(self.seconds)} on {describe_device(self.device)})")
-        return path
 
 
 def _fmt(value: Any) -> str:
