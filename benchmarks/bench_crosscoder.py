@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import timed
 
 from crosscoder_lib.activations import FiringTracker
 from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
@@ -40,21 +39,6 @@ from crosscoder_lib.training import TrainConfig, make_optimizer, training_step
 HP = paper_hookpoints(4)
 EMBEDDED = {"d_model": 128, "n_features": 512, "k": 20, "batch": 256}
 PAPER = {"d_model": 768, "n_features": 1536, "k": 20}
-
-
-def timed(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each ``fn()`` in ``fns``, run round-robin (A B C A B C ...) so that load
-    from other processes on a shared machine hits every candidate alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def step_fn(d_model: int, n_features: int, k: int, batch: int, decode: str):

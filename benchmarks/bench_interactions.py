@@ -32,12 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from timing import timed
 
 from crosscoder_lib import interactions
 from crosscoder_lib.activations import FiringTracker, SparseCodes
@@ -181,18 +180,6 @@ def matrix_fn(which: str, n_tokens: int):
     return lambda: dense_matrix(codes, W, mlp)
 
 
-def timed(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of each ``fn()``, run round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # -- peak memory, one fresh process per measurement -------------------------------------------------
