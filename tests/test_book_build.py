@@ -42,9 +42,13 @@ def test_every_chapter_is_built(built_book):
 
 
 def test_pages_load_nothing_from_a_cdn(built_book):
+    """No script, image, stylesheet or frame comes from the network (links to elsewhere are fine)."""
     for page in built_book.rglob("*.html"):
         html = page.read_text()
-        for src in re.findall(r"<script[^>]+src=\"([^\"]+)\"", html):
+        loaded = re.findall(r"<(?:script|img|iframe)[^>]+src=\"([^\"]+)\"", html)
+        loaded += [href for tag in re.findall(r"<link[^>]+>", html) if 'rel="stylesheet"' in tag
+                   for href in re.findall(r'href="([^"]+)"', tag)]
+        for src in loaded:
             assert not src.startswith(("http://", "https://", "//")), f"{page.name} loads {src} from the network"
         for tag in re.findall(r"<script[^>]*embed-amd\.js[^>]*>", html):
             assert "crossorigin" not in tag, f"{page.name}: the widget script's crossorigin attribute breaks file://"
