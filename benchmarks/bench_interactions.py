@@ -180,8 +180,6 @@ def matrix_fn(which: str, n_tokens: int):
     return lambda: dense_matrix(codes, W, mlp)
 
 
-
-
 # -- peak memory, one fresh process per measurement -------------------------------------------------
 
 def _status_kib(field: str) -> int:

@@ -40,7 +40,7 @@ def lipschitz(act_fn: str) -> float:
     else there is no global constant (e.g. ``relu2``) and a ``ValueError`` says so. ReLU gives 1;
     GELU gives ≈ 1.1289 (exact) / 1.1290 (tanh form), attained near ``z = √2``.
     """
-    f = lambda z: activation(z, act_fn)
+    f = lambda z: activation(z, act_fn)  # validates the name on first use
 
     def slope(z: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():  # callers may be under no_grad

@@ -601,12 +601,12 @@ def run_from_config(config: dict):
     hp = config.get("hookpoints", "paper")
     hookpoints = paper_hookpoints(bridge.cfg.n_layers) if hp == "paper" else list(hp)
     validate_hookpoints(hookpoints, bridge)
-    d = {"dataset": "embedded", "n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0} \
-        | config.get("data", {})
-    unknown = sorted(set(d) - {"dataset", "n_texts", "context_len", "batch_size", "seed"})
+    d = {"dataset": "embedded", "n_texts": 20000, "context_len": 128, "batch_size": 32, "seed": 0}
+    unknown = sorted(set(config.get("data", {})) - set(d))
     if unknown:
-        raise ValueError(f"unknown data key(s) {unknown}; valid: dataset, n_texts, context_len, batch_size, seed "
+        raise ValueError(f"unknown data key(s) {unknown}; valid: {', '.join(d)} "
                          "(a text file is data.dataset = its path)")
+    d |= config.get("data", {})
     texts = data_mod.load_texts(d["dataset"], "train", d["n_texts"], seed=d["seed"])
 
     def tokens():
