@@ -288,7 +288,9 @@ class Crosscoder(nn.Module):
         ``Σ_v a_v · row[l, v]`` (plus the bias). Differentiable through ``W_dec_HXD``."""
         slots_t = torch.as_tensor(list(slots), dtype=torch.long, device=self.W_dec_HXD.device)
         scale = self.input_scale_X[slots_t]
-        return (self.W_dec_HXD[:, slots_t, :] / scale[None, :, None]).permute(1, 0, 2)
+        # index_select, not W[:, slots]: its backward is one index_add, where advanced indexing's is a
+        # sorting index_put over the whole [H, X, D] gradient (a third of the penalty's overhead).
+        return (self.W_dec_HXD.index_select(1, slots_t) / scale[None, :, None]).permute(1, 0, 2)
 
     def decoder_norms_H(self) -> torch.Tensor:
         """``Σ_x ‖W_dec[v, x]‖`` per feature (normalised units): the weights of the ReLU L1 penalty."""

@@ -168,8 +168,11 @@ def neuron_weights(W_dec_LHD: torch.Tensor, mlp: MLPWeights) -> torch.Tensor:
     language model's ``W_in`` is frozen.
     """
     _check_decoder(W_dec_LHD, mlp)
-    W_in = mlp.W_in_LDN.detach().to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
-    return torch.matmul(W_dec_LHD, W_in)
+    return torch.matmul(W_dec_LHD, _frozen_W_in(mlp, W_dec_LHD))
+
+
+def _frozen_W_in(mlp: MLPWeights, like: torch.Tensor) -> torch.Tensor:
+    return mlp.W_in_LDN.detach().to(device=like.device, dtype=like.dtype)
 
 
 def mlp_input_decoder(crosscoder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,11 +304,13 @@ _KERNEL_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 
+#define SIGN(x) ((x) > 0.0f ? 1.0f : ((x) < 0.0f ? -1.0f : 0.0f))
+
 /* Block l's columns [n0, n1) of the interaction penalty's max term, over every token t:
    s = sum_k |p|, m = max_k |p| with |p[t,k,n]| = vabs[t,k] * |G[idx[t,k], n]| over the token's
    count[t] active slots; out[0] += sum w_n (s - m), out[1] += sum share (m/s, 1 when s = 0).
    With grad_vabs: grad_vabs[t,k] -= sum_n [k maximal] w_n |G[idx,n]| / ties and
-   R[h, n] -= [k maximal] w_n vabs[t,k] / ties (exact ties split evenly). */
+   R[h, n] -= sign(G[h, n]) [k maximal] w_n vabs[t,k] / ties (exact ties split evenly). */
 int penalty_columns(const float* G, int64_t N, const int64_t* idx, const float* vabs,
                     const int64_t* count, int64_t B, int64_t K, const float* w,
                     int64_t n0, int64_t n1, double* out, float* grad_vabs, float* R)
@@ -360,11 +365,11 @@ int penalty_columns(const float* G, int64_t N, const int64_t* idx, const float* 
                 int32_t k = first[j];
                 int64_t at = it[k] * N + n0 + j;
                 gk[k] += cf * fabsf(G[at]);
-                R[at] -= cf * vt[k];
+                R[at] -= SIGN(G[at]) * cf * vt[k];
             } else {
                 for (int32_t k = 0; k < (int32_t)c; k++) {
                     int64_t at = it[k] * N + n0 + j;
-                    if (vt[k] * fabsf(G[at]) == m[j]) { gk[k] += cf * fabsf(G[at]); R[at] -= cf * vt[k]; }
+                    if (vt[k] * fabsf(G[at]) == m[j]) { gk[k] += cf * fabsf(G[at]); R[at] -= SIGN(G[at]) * cf * vt[k]; }
                 }
             }
         }
@@ -376,30 +381,23 @@ int penalty_columns(const float* G, int64_t N, const int64_t* idx, const float* 
     return 0;
 }
 
-/* r[h] = sum_n w_n |G[h, n]| (w NULL: 1) for rows [h0, h1). */
-void row_abs_sums(const float* G, int64_t N, const float* w, int64_t h0, int64_t h1, float* r)
+/* For rows [h0, h1): r[h] = sum_n w_n |G[h, n]| (w NULL: 1), and R[h, n] = sign(G[h, n]) c[h] w_n, the
+   sum term's part of the gradient with respect to G, which penalty_columns then completes; one pass
+   over G writes every element of R, so R needs no zeroing. */
+void row_sums_and_grad(const float* G, int64_t N, const float* w, const float* c, int64_t h0, int64_t h1,
+                       float* r, float* R)
 {
     for (int64_t h = h0; h < h1; h++) {
         const float* row = G + h * N;
-        float acc = 0.0f;
-        if (w) { for (int64_t n = 0; n < N; n++) acc += w[n] * fabsf(row[n]); }
-        else   { for (int64_t n = 0; n < N; n++) acc += fabsf(row[n]); }
-        r[h] = acc;
-    }
-}
-
-/* R[h, n] <- sign(G[h, n]) * (c[h] w_n + R[h, n]) for rows [h0, h1): the gradient of the penalty
-   sum with respect to G, from the sum term's c (x) w and the max term's part already in R. */
-void finish_grad(const float* G, int64_t N, const float* c, const float* w, int64_t h0, int64_t h1, float* R)
-{
-    for (int64_t h = h0; h < h1; h++) {
-        const float* g = G + h * N;
-        float* r = R + h * N;
+        float* out = R + h * N;
         const float ch = c[h];
+        float acc = 0.0f;
         for (int64_t n = 0; n < N; n++) {
-            float v = ch * (w ? w[n] : 1.0f) + r[n];
-            r[n] = g[n] > 0.0f ? v : (g[n] < 0.0f ? -v : 0.0f);
+            const float wn = w ? w[n] : 1.0f;
+            acc += wn * fabsf(row[n]);
+            out[n] = SIGN(row[n]) * (ch * wn);
         }
+        r[h] = acc;
     }
 }
 """
@@ -441,10 +439,8 @@ def _build_kernel():
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         so.penalty_columns.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
         so.penalty_columns.restype = ctypes.c_int
-        so.row_abs_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr]
-        so.row_abs_sums.restype = None
-        so.finish_grad.argtypes = [ptr, i64, ptr, ptr, i64, i64, ptr]
-        so.finish_grad.restype = None
+        so.row_sums_and_grad.argtypes = [ptr, i64, ptr, ptr, i64, i64, ptr, ptr]
+        so.row_sums_and_grad.restype = None
         return so
     raise RuntimeError(f"the C compiler failed: {last_err}")
 
@@ -493,14 +489,14 @@ def _penalty_sums_kernel(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad):
 
     grad_vabs = grad_G = None
     if want_grad:
-        # Sum term: ∂/∂|val| = Σ_l r_l[idx] with r_l[h] = Σ_n w_n |G_l[h, n]|; its ∂/∂|G| = c ⊗ w is
-        # added by finish_grad after the max term has written its part into grad_G.
-        r_LH = torch.empty(L, H, dtype=torch.float32)
-        run_all([(so.row_abs_sums, G[l].data_ptr(), N, wp(l), h0, h1, r_LH[l].data_ptr())
-                 for l in range(L) for h0, h1 in _ranges(H, threads)])
-        grad_vabs = r_LH[:, idx].sum(0)
+        # Sum term: ∂/∂|val| = Σ_l r_l[idx] with r_l[h] = Σ_n w_n |G_l[h, n]|, and ∂/∂G its c ⊗ w
+        # times sign(G), both from one pass over G; the max term then subtracts its part from grad_G.
         c_H = torch.zeros(H, dtype=torch.float32).index_add_(0, idx.reshape(-1), vabs.reshape(-1))
-        grad_G = torch.zeros(L, H, N, dtype=torch.float32)
+        r_LH = torch.empty(L, H, dtype=torch.float32)
+        grad_G = torch.empty(L, H, N, dtype=torch.float32)
+        run_all([(so.row_sums_and_grad, G[l].data_ptr(), N, wp(l), c_H.data_ptr(), h0, h1, r_LH[l].data_ptr(),
+                  grad_G[l].data_ptr()) for l in range(L) for h0, h1 in _ranges(H, threads)])
+        grad_vabs = r_LH[:, idx].sum(0)
     cols = _ranges(N, threads)
     partial = torch.zeros(L, len(cols), B, K, dtype=torch.float32) if want_grad else None
     outs = [(ctypes.c_double * 2)(0.0, 0.0) for _ in range(L * len(cols))]
@@ -512,8 +508,6 @@ def _penalty_sums_kernel(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad):
         raise MemoryError("interaction penalty kernel: out of memory")
     if want_grad:
         grad_vabs += partial.sum((0, 1))
-        run_all([(so.finish_grad, G[l].data_ptr(), N, c_H.data_ptr(), wp(l), h0, h1, grad_G[l].data_ptr())
-                 for l in range(L) for h0, h1 in _ranges(H, threads)])
     return sum(o[0] for o in outs), sum(o[1] for o in outs), grad_vabs, grad_G
 
 
@@ -560,22 +554,26 @@ def _penalty_sums_torch(vabs_BK, G_LHN, idx_BK, w_LN, want_grad, chunk_tokens):
 class _PenaltySum(torch.autograd.Function):
     """``Σ_{l,t,n} w_ln (Σ_k |p| − max_k |p|)`` and ``Σ share``, with the gradient formed in the same pass.
 
-    Inputs ``(|val|_BK, G_LHN, idx_BK, w_LN or None, chunk_tokens)``, active slots first. With
-    ``|p[t,k,n]| = |val[t,k]|·|G_l[idx[t,k], n]|`` and ``m[t,n] = max_k |p|``:
+    Inputs ``(|val|_BK, W_dec_LHD, W_in_LDN, idx_BK, w_LN or None, chunk_tokens)``, active slots
+    first; ``G_l = W_dec_LHD[l] @ W_in_l`` is formed here. With ``|p[t,k,n]| = |val[t,k]|·|G_l[idx[t,k], n]|``
+    and ``m[t,n] = max_k |p|``:
 
     - ``∂/∂|val[t,k]| = Σ_n w_n |G_l[idx[t,k], n]| − Σ_n w_n [k maximal] |G_l[idx[t,k], n]| / ties[t,n]``
       (the first sum is ``r_l[idx[t,k]]``, one reduction of ``|G|``);
     - ``∂/∂G_l[h,n] = sign(G_l[h,n]) · w_n (c[h] − Σ_{t,k: idx=h} [k maximal] |val[t,k]| / ties[t,n])``
-      with ``c[h] = Σ_{t,k: idx=h} |val[t,k]|``.
+      with ``c[h] = Σ_{t,k: idx=h} |val[t,k]|``, and ``∂/∂W_dec_LHD[l] = ∂/∂G_l @ W_in_lᵀ``.
 
     An exact tie between maximal slots splits the subgradient evenly (as ``amax`` does). The max
     term runs through the fused C kernel when there is one (:func:`_penalty_kernel`; float32 CPU
     tensors: one pass over each token's gathered rows), else chunked PyTorch; either way nothing of
-    size ``T·K·N`` outlives a chunk or a token, and the backward pass only scales the stored gradients.
+    size ``T·K·N`` outlives a chunk or a token. The backward pass is one product with ``W_in`` whose
+    ``[L, H, D]`` result is scaled by the incoming gradient: the ``[L, H, N]`` gradient of ``G`` is
+    never copied or scaled, which is most of what the penalty costs beyond forming ``G``.
     """
 
     @staticmethod
-    def forward(ctx, vabs_BK, G_LHN, idx_BK, w_LN, chunk_tokens):
+    def forward(ctx, vabs_BK, W_dec_LHD, W_in_LDN, idx_BK, w_LN, chunk_tokens):
+        G_LHN = torch.matmul(W_dec_LHD, W_in_LDN)
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         fast = G_LHN.dtype == torch.float32 and G_LHN.device.type == "cpu"
         so = _penalty_kernel() if fast else None
@@ -584,21 +582,18 @@ class _PenaltySum(torch.autograd.Function):
         else:
             total, share, grad_vabs, grad_G = _penalty_sums_torch(vabs_BK, G_LHN, idx_BK, w_LN, want_grad, chunk_tokens)
         if want_grad:
-            ctx.save_for_backward(grad_vabs, grad_G)
+            ctx.save_for_backward(grad_vabs, grad_G, W_in_LDN)
         share_t = torch.tensor(share, dtype=torch.float64)
         ctx.mark_non_differentiable(share_t)
         return torch.tensor(total, dtype=G_LHN.dtype, device=G_LHN.device), share_t
 
     @staticmethod
     def backward(ctx, grad_total, _grad_share):
-        grad_vabs, grad_G = ctx.saved_tensors
-        return (
-            grad_total * grad_vabs if ctx.needs_input_grad[0] else None,
-            grad_total * grad_G if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-            None,
-        )
+        grad_vabs, grad_G, W_in_LDN = ctx.saved_tensors
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            grad_W = torch.matmul(grad_G, W_in_LDN.transpose(1, 2)).mul_(grad_total)
+        return (grad_total * grad_vabs if ctx.needs_input_grad[0] else None, grad_W, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,15 +640,16 @@ def interaction_penalty(
     if form not in PENALTY_FORMS:
         raise ValueError(f"unknown penalty form {form!r}; choose one of {PENALTY_FORMS}")
     idx_BK, val_BK = unpack_codes(codes)
-    G_LHN = neuron_weights(W_dec_LHD, mlp)
-    L, H, N = G_LHN.shape
+    _check_decoder(W_dec_LHD, mlp)
+    W_in_LDN = _frozen_W_in(mlp, W_dec_LHD)  # G = W_dec_LHD @ W_in is formed inside _PenaltySum, which owns its gradient
+    L, H, N = W_dec_LHD.shape[0], W_dec_LHD.shape[1], W_in_LDN.shape[2]
     idx_BK = checked_ids(idx_BK, val_BK, H)
     idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
     B, K = idx_BK.shape
-    w_LN = _weights_LN(mlp, G_LHN) if form == "weighted" else None
-    total, share = _PenaltySum.apply(val_BK.abs(), G_LHN, idx_BK, w_LN, chunk_tokens)
+    w_LN = _weights_LN(mlp, W_dec_LHD) if form == "weighted" else None
+    total, share = _PenaltySum.apply(val_BK.abs(), W_dec_LHD, W_in_LDN, idx_BK, w_LN, chunk_tokens)
     penalty = total / (L * B * N)
-    return InteractionStats(penalty=penalty, dominant_share=(share / (L * B * N)).to(G_LHN.dtype))
+    return InteractionStats(penalty=penalty, dominant_share=(share / (L * B * N)).to(W_dec_LHD.dtype))
 
 
 @torch.no_grad()
