@@ -262,7 +262,8 @@ def main() -> None:
     print(f"   (the library's training_step with λ > 0: {t['library'] * 1e3:.1f} ms; unpenalised step "
           f"{t['none'] * 1e3:.1f} ms, peak +{mem['none']:.1f} MiB)")
     # Amdahl: any formulation that forms G_l still pays the unpenalised step plus the G_l floor.
-    print(f"   ceiling of the whole-step ratio for any G_l-based penalty: dense / (unpenalised step + floor) = "
+    print(f"   ceiling of the whole-step ratio for any G_l-based penalty with this unpenalised step: "
+          f"dense / (unpenalised step + floor) = "
           f"{t['dense'] / (t['none'] + t['p_floor']):5.2f}x")
 
     print("\n2. overheads of the penalty")
