@@ -11,6 +11,8 @@ largest L0) it prints:
    penalty (the reference code's: gather each token's active decoder rows, push them through
    ``W_in`` per token, ``|p|``, sum − max, autograd through all of it), batch 256: time and peak
    memory (targets ≥ 10× faster, ≥ 4× less memory); the penalty alone (forward + backward) too;
+   and the whole steps again in a child process whose allocator reuses freed memory, because the
+   ratio depends on it (see :func:`steps_reusing_memory`);
 2. the penalised step over its floor, the ``G_l = W_dec[:, slot(l)] W_in`` products and their
    gradient timed alone (target ≤ 1.5×), and over the unpenalised step at batch 256 and 4096
    (target ≤ 1.3× at 4096);
@@ -213,6 +215,18 @@ def memory(spec: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def steps_reusing_memory(repeats: int, threads: int) -> dict:
+    """The batch-256 steps timed again in a process whose freed memory glibc keeps for reuse
+    (no ``mmap`` for large blocks, no trimming), as a caching allocator (PyTorch's on GPU, or
+    jemalloc/tcmalloc on CPU) does. With glibc's defaults every block over 32 MiB is mapped fresh
+    and the kernel zeroes its pages on first touch, a cost that grows with the tensors a step makes."""
+    out = subprocess.run([sys.executable, __file__, "--steps-child", str(repeats), "--threads", str(threads)],
+                         check=True, capture_output=True, text=True,
+                         env=os.environ | {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_MAX_": "0",
+                                           "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 30)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -220,11 +234,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--steps-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args.memory_child)
+        return
+    if args.steps_child is not None:
+        print(json.dumps(timed({w: step_fn(256, w) for w in ("none", "ours", "dense")}, args.steps_child)))
         return
     threads = torch.get_num_threads()
     r = 3 if args.quick else 5
@@ -265,6 +283,11 @@ def main() -> None:
     print(f"   ceiling of the whole-step ratio for any G_l-based penalty with this unpenalised step: "
           f"dense / (unpenalised step + floor) = "
           f"{t['dense'] / (t['none'] + t['p_floor']):5.2f}x")
+    tr = steps_reusing_memory(r, threads)
+    print(f"   the same steps with freed memory reused (glibc MALLOC_MMAP_MAX_=0, as a caching allocator does): "
+          f"ours {tr['ours'] * 1e3:.1f} ms, dense {tr['dense'] * 1e3:.1f} ms, unpenalised {tr['none'] * 1e3:.1f} ms "
+          f"-> {tr['dense'] / tr['ours']:5.2f}x faster (most of the dense step's time above is the kernel "
+          f"zeroing fresh pages for its [L, B, N, K] tensors)")
 
     print("\n2. overheads of the penalty")
     print(f"   floor (G_l = W_dec W_in for 4 blocks, forward + gradient): {t['p_floor'] * 1e3:.1f} ms, "
