@@ -277,6 +277,8 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
     W_dec[:, 21] = W_dec[:, 20]
     idx[0, :2] = torch.tensor([20, 21])
     val[0, :2] = 0.5  # an exact tie
+    W_dec[:, 30] = 0.0  # a feature whose G row is exactly 0: sign(G) = 0, so no gradient reaches it
+    assert ((idx == 30) & (val > 0)).any()
 
     def run():
         W = W_dec.clone().requires_grad_(True)
@@ -297,6 +299,7 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
         assert f[0] == pytest.approx(slow[0], rel=1e-5) and f[1] == pytest.approx(slow[1], rel=1e-6)
         torch.testing.assert_close(f[2], slow[2], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(f[3], slow[3], rtol=1e-4, atol=1e-6)
+        assert torch.all(f[2][:, 30] == 0)
 
 
 def test_preactivation_invariant_on_the_embedded_model():
