@@ -205,14 +205,20 @@ def memory_child(spec: str) -> None:
     print(json.dumps({"peak_rise_mib": (_status_kib("VmHWM") - base) / 1024, "base_mib": base / 1024}))
 
 
+def _child(flag: str, value: str, threads: int, malloc_env: dict) -> dict:
+    """Run this script with ``flag value`` in a fresh process under glibc settings ``malloc_env``;
+    the child prints its answer as JSON on its last line."""
+    out = subprocess.run([sys.executable, __file__, flag, value, "--threads", str(threads)],
+                         check=True, capture_output=True, text=True,
+                         env=os.environ | {"PYTHONWARNINGS": "ignore"} | malloc_env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory(spec: str, threads: int) -> dict:
     # A fixed mmap threshold makes glibc map every block over 128 KiB and unmap it when freed, so
     # RSS follows the live tensors (with its default adaptive threshold, freed blocks stay resident
     # and a later step's allocations would not show).
-    out = subprocess.run([sys.executable, __file__, "--memory-child", spec, "--threads", str(threads)],
-                         check=True, capture_output=True, text=True,
-                         env=os.environ | {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "131072"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _child("--memory-child", spec, threads, {"MALLOC_MMAP_THRESHOLD_": "131072"})
 
 
 def steps_reusing_memory(repeats: int, threads: int) -> dict:
@@ -220,11 +226,8 @@ def steps_reusing_memory(repeats: int, threads: int) -> dict:
     (no ``mmap`` for large blocks, no trimming), as a caching allocator (PyTorch's on GPU, or
     jemalloc/tcmalloc on CPU) does. With glibc's defaults every block over 32 MiB is mapped fresh
     and the kernel zeroes its pages on first touch, a cost that grows with the tensors a step makes."""
-    out = subprocess.run([sys.executable, __file__, "--steps-child", str(repeats), "--threads", str(threads)],
-                         check=True, capture_output=True, text=True,
-                         env=os.environ | {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_MAX_": "0",
-                                           "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 30)})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _child("--steps-child", str(repeats), threads,
+                  {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(1 << 30)})
 
 
 # -- main -------------------------------------------------------------------------------------------
