@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 ## make book: execute every chapter with its default parameters on the embedded default, build _build/html
 book: venv
 	$(BIN)/jupyter-book build . -W --keep-going
-	$(BIN)/python -m crosscoder_lib.results
+	$(BIN)/python -m crosscoder_lib.book.results
 	@echo "The book is in _build/html/index.html"
 
 ## make test: the whole test suite (library, every chapter in FAST mode, the book build, the browser check)
@@ -27,7 +27,7 @@ test: venv
 
 ## make table: regenerate the README's reproduction table from book/results/*.json
 table: venv
-	$(BIN)/python -m crosscoder_lib.results
+	$(BIN)/python -m crosscoder_lib.book.results
 
 clean:
 	rm -rf _build

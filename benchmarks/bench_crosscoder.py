@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from timing import timed
 
-from crosscoder_lib.activations import FiringTracker
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.training import TrainConfig, make_optimizer, training_step
+from crosscoder_lib.crosscoder.activations import FiringTracker
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.crosscoder.training import TrainConfig, make_optimizer, training_step
 
 HP = paper_hookpoints(4)
 EMBEDDED = {"d_model": 128, "n_features": 512, "k": 20, "batch": 256}
@@ -62,7 +62,7 @@ def step_fn(d_model: int, n_features: int, k: int, batch: int, decode: str):
 
 def decoder_fn(d_model: int, n_features: int, k: int, batch: int, path: str):
     """Forward + backward through the decoder alone (the part the sparse path changes)."""
-    from crosscoder_lib.activations import SparseCodes
+    from crosscoder_lib.crosscoder.activations import SparseCodes
 
     cc = Crosscoder(CrosscoderConfig(HP, d_model, n_features, k=k))
     idx = torch.stack([torch.randperm(n_features)[:k] for _ in range(batch)])
@@ -110,8 +110,8 @@ def bare_sparse_fn(d_model: int, n_features: int, k: int, batch: int):
 
 
 def harvest_ratio(repeats: int) -> tuple[float, float, str]:
-    from crosscoder_lib.harvest import harvest
-    from crosscoder_lib.loading import load_hf, load_model, save_random_tinystories_like
+    from crosscoder_lib.lm.harvest import harvest
+    from crosscoder_lib.lm.loading import load_hf, load_model, save_random_tinystories_like
 
     try:
         name = "embedded:clean"
@@ -146,9 +146,9 @@ def peak_rss_mib() -> float:
 
 def memory_child(n_steps: int) -> None:
     """Train ``n_steps`` through a harvesting buffer; print the peak RSS (MiB) as JSON."""
-    from crosscoder_lib.harvest import ActivationBuffer
-    from crosscoder_lib.loading import load_model, save_random_tinystories_like
-    from crosscoder_lib.training import train
+    from crosscoder_lib.lm.harvest import ActivationBuffer
+    from crosscoder_lib.lm.loading import load_model, save_random_tinystories_like
+    from crosscoder_lib.crosscoder.training import train
 
     torch.set_num_threads(1)
     folder = save_random_tinystories_like(tempfile.mkdtemp(), d_model=64, d_mlp=256, context_len=64)

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 
-from crosscoder_lib.crosscoder import CrosscoderConfig
-from crosscoder_lib.harvest import ActivationBuffer, harvest
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.loading import load_model
-from crosscoder_lib.mlp import mlp_weights
-from crosscoder_lib.training import TrainConfig, train
+from crosscoder_lib.crosscoder.model import CrosscoderConfig
+from crosscoder_lib.lm.harvest import ActivationBuffer, harvest
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.lm.loading import load_model
+from crosscoder_lib.interactions.mlp import mlp_weights
+from crosscoder_lib.crosscoder.training import TrainConfig, train
 
 GEOMETRIES = {
     # TinyStories-Instruct-33M's shape and the paper's crosscoder (SPEC §5)
@@ -59,7 +59,7 @@ def build_model(folder: Path, g: dict, device: str):
     """A random GPT-Neo of geometry ``g`` saved to ``folder`` and loaded as a TransformerBridge."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    from crosscoder_lib.tokenizer import build_tokenizer
+    from crosscoder_lib.world.tokenizer import build_tokenizer
 
     config = GPTNeoConfig(
         vocab_size=g["vocab"], max_position_embeddings=g["context"], hidden_size=g["d_model"],

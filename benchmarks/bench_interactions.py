@@ -6,7 +6,7 @@ At the paper geometry (4 blocks, D = 768, N = 3072, H = 1536, k = 20, 17 hookpoi
 crosscoder and random activations, BatchTopK codes, so the padded slot count K is the batch's
 largest L0) it prints:
 
-1. the penalised training step (ours: ``crosscoder_lib.interactions.interaction_penalty``) against
+1. the penalised training step (ours: ``crosscoder_lib.interactions.measures.interaction_penalty``) against
    the same step with a dense ``(blocks, batch, neurons, active slots)`` formulation of the same
    penalty (the reference code's: gather each token's active decoder rows, push them through
    ``W_in`` per token, ``|p|``, sum − max, autograd through all of it), batch 256: time and peak
@@ -40,18 +40,18 @@ import sys
 import torch
 from timing import timed
 
-from crosscoder_lib import interactions
-from crosscoder_lib.activations import FiringTracker, SparseCodes
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib.interactions import (
+from crosscoder_lib.interactions import measures as interactions
+from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
+from crosscoder_lib.interactions.measures import (
     _chunk_tokens,
     interaction_matrix,
     interaction_penalty,
     neuron_weights,
 )
-from crosscoder_lib.mlp import MLPWeights
-from crosscoder_lib.training import (
+from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.crosscoder.training import (
     TrainConfig,
     compute_loss,
     make_optimizer,

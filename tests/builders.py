@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from crosscoder_lib import loading
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.tokenizer import BOS_ID
+from crosscoder_lib.lm import loading
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.world.tokenizer import BOS_ID
 
 
 def tiny_bridge(folder: Path, **shape):

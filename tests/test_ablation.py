@@ -6,17 +6,17 @@ import pytest
 import torch
 from builders import exact_crosscoder, random_tokens, tiny_bridge
 
-from crosscoder_lib.ablation import (
+from crosscoder_lib.interactions.ablation import (
     SCHEMES,
     ablation_fidelity,
     fidelity,
     keep_mask,
     scheme_resid_post,
 )
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions import mlp_input_decoder, neuron_bias
-from crosscoder_lib.mlp import activation, apply_mlp, mlp_weights
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions.measures import mlp_input_decoder, neuron_bias
+from crosscoder_lib.interactions.mlp import activation, apply_mlp, mlp_weights
 
 N_BLOCKS = 2
 
@@ -106,7 +106,7 @@ def random_crosscoder(bridge):
 
 def test_none_and_zero_patches_follow_their_definition(bridge, token_batches):
     """'none' = resid_mid̂ + MLP(n2̂); 'zero' = resid_mid̂ + σ(β) W_out + b_out."""
-    from crosscoder_lib.harvest import harvest
+    from crosscoder_lib.lm.harvest import harvest
 
     cc, mlp = random_crosscoder(bridge), mlp_weights(bridge)
     acts = harvest(bridge, token_batches[0], cc.cfg.hookpoints)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from crosscoder_lib.activations import (
+from crosscoder_lib.crosscoder.activations import (
     BatchTopK,
     FiringTracker,
     JumpReLU,

@@ -5,13 +5,10 @@ import pickle
 import pytest
 import torch
 
-from crosscoder_lib.checkpoint import (
-    CheckpointError,
-    check_safetensors,
-    load_weights_into,
-)
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import paper_hookpoints
+from crosscoder_lib.crosscoder.persistence import load_crosscoder, load_weights_into, save_crosscoder
+from crosscoder_lib.files import CheckpointError, check_safetensors
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
 
 HP = paper_hookpoints(1)
 
@@ -29,8 +26,8 @@ def _trained_like(n_features=32, **kw):
 
 def test_roundtrip_unfolded_is_exact(tmp_path):
     cc = _trained_like()
-    cc.save(tmp_path / "cc", fold=False)
-    back = Crosscoder.from_pretrained(tmp_path / "cc")
+    save_crosscoder(cc, tmp_path / "cc", fold=False)
+    back = load_crosscoder(tmp_path / "cc")
     assert back.cfg == cc.cfg
     for (n, a), (_, b) in zip(cc.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), n
@@ -38,8 +35,8 @@ def test_roundtrip_unfolded_is_exact(tmp_path):
 
 def test_roundtrip_folded_keeps_outputs(tmp_path):
     cc = _trained_like().eval()
-    cc.save(tmp_path / "cc")  # folds by default
-    back = Crosscoder.from_pretrained(tmp_path / "cc").eval()
+    save_crosscoder(cc, tmp_path / "cc")  # folds by default
+    back = load_crosscoder(tmp_path / "cc").eval()
     assert torch.equal(back.input_scale_X, torch.ones(5))
     assert not torch.equal(cc.input_scale_X, torch.ones(5))  # the saved model was not modified
     x = torch.randn(20, 5, 8) * torch.arange(1, 6)[None, :, None]
@@ -47,27 +44,27 @@ def test_roundtrip_folded_keeps_outputs(tmp_path):
     assert torch.equal(a.codes.idx_BK, b.codes.idx_BK)
     assert torch.allclose(a.recon_BXD, b.recon_BXD, rtol=1e-4, atol=1e-5)
     # loading also works from the weights file itself
-    assert Crosscoder.from_pretrained(tmp_path / "cc" / "crosscoder.safetensors").cfg == cc.cfg
+    assert load_crosscoder(tmp_path / "cc" / "crosscoder.safetensors").cfg == cc.cfg
 
 
 def test_pickles_are_refused(tmp_path):
     cc = _trained_like()
     torch.save(cc.state_dict(), tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="zip archive.*never unpickles"):
-        Crosscoder.from_pretrained(tmp_path / "model.pt")
+        load_crosscoder(tmp_path / "model.pt")
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"W_enc_XDH": [1, 2]}))
     with pytest.raises(CheckpointError, match="Python pickle"):
         check_safetensors(tmp_path / "raw.pkl")
     # a pickle under the expected file name is refused too
     folder = tmp_path / "disguised"
-    cc.save(folder)
+    save_crosscoder(cc, folder)
     (folder / "crosscoder.safetensors").write_bytes((tmp_path / "model.pt").read_bytes())
     with pytest.raises(CheckpointError, match="never unpickles"):
-        Crosscoder.from_pretrained(folder)
+        load_crosscoder(folder)
 
 
 def test_other_shape_names_tensor_and_shapes(tmp_path):
-    _trained_like(n_features=32).save(tmp_path / "small")
+    save_crosscoder(_trained_like(n_features=32), tmp_path / "small")
     big = Crosscoder(CrosscoderConfig(HP, 8, 64, k=3))
     before = big.W_dec_HXD.detach().clone()
     with pytest.raises(CheckpointError) as err:
@@ -80,11 +77,11 @@ def test_other_shape_names_tensor_and_shapes(tmp_path):
 
 def test_missing_pieces(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        Crosscoder.from_pretrained(tmp_path / "nowhere")
+        load_crosscoder(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no crosscoder.safetensors"):
-        Crosscoder.from_pretrained(tmp_path / "empty")
-    _trained_like().save(tmp_path / "cc")
+        load_crosscoder(tmp_path / "empty")
+    save_crosscoder(_trained_like(), tmp_path / "cc")
     (tmp_path / "cc" / "crosscoder.json").unlink()
     with pytest.raises(CheckpointError, match="JSON config must sit beside"):
-        Crosscoder.from_pretrained(tmp_path / "cc")
+        load_crosscoder(tmp_path / "cc")

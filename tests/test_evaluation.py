@@ -6,15 +6,15 @@ import pytest
 import torch
 from builders import tiny_bridge
 
-from crosscoder_lib.activations import codes_to_dense
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig, CrosscoderOutput
-from crosscoder_lib.evaluation import (
+from crosscoder_lib.crosscoder.activations import codes_to_dense
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig, CrosscoderOutput
+from crosscoder_lib.crosscoder.evaluation import (
     evaluate_reconstruction,
     splice_hooks,
     spliced_loss_recovered,
 )
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.mlp import apply_mlp, mlp_weights
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
 
 HP = paper_hookpoints(2)
 

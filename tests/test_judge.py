@@ -1,4 +1,4 @@
-"""Tests for crosscoder_lib.judge: explanations, the held-out protocol's mechanics, the offline
+"""Tests for crosscoder_lib.applications.judge: explanations, the held-out protocol's mechanics, the offline
 judge on planted clusters, and the LLM judge's prompt/parse logic with a fake client."""
 
 import builtins
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from crosscoder_lib.clustering import random_clusters_like
-from crosscoder_lib.judge import (
+from crosscoder_lib.applications.clustering import random_clusters_like
+from crosscoder_lib.applications.judge import (
     AssignmentResult,
     Judge,
     LLMJudge,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib import loading
-from crosscoder_lib.mlp import apply_mlp, mlp_weights
-from crosscoder_lib.tokenizer import BOS_ID
+from crosscoder_lib.lm import loading
+from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
+from crosscoder_lib.world.tokenizer import BOS_ID
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from builders import random_tokens, tiny_bridge
 
-from crosscoder_lib import loading
-from crosscoder_lib.mlp import (
+from crosscoder_lib.lm import loading
+from crosscoder_lib.interactions.mlp import (
     activation,
     apply_mlp,
     lipschitz,

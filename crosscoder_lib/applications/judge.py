@@ -20,7 +20,7 @@ from each of 4 other clusters) and asks which test explanation belongs
 both are offered so the book can say which one a number comes from.
 
 A caveat for the book: offline explanations name the majority category of a feature's top tokens,
-the same ground truth :func:`crosscoder_lib.clustering.score_clusters` uses, so the offline judge's
+the same ground truth :func:`crosscoder_lib.applications.clustering.score_clusters` uses, so the offline judge's
 accuracy and the ground-truth scores are not independent evidence.
 """
 

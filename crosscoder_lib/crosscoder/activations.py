@@ -213,7 +213,7 @@ class JumpReLU(Activation):
 
 
 def make_activation(cfg) -> Activation:
-    """The activation module a :class:`~crosscoder_lib.crosscoder.CrosscoderConfig` asks for."""
+    """The activation module a :class:`~crosscoder_lib.crosscoder.model.CrosscoderConfig` asks for."""
     if cfg.activation == "batchtopk":
         return BatchTopK(cfg.k, inference=cfg.batchtopk_inference, beta=cfg.threshold_beta)
     if cfg.activation == "topk":

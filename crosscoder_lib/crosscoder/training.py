@@ -17,7 +17,7 @@ for 17 slots of width 128), too weak to revive anything in a short run. Measured
 model (chapter 1's run: H = 512, k = 20, 600 steps, a feature dead after 200 steps without firing):
 13.9 % of features never fired on held-out tokens without the factor, 14.6 % with no AuxK at all,
 7.2 % with it, and 0 % with it and a 50-step dead window.
-``L_int`` comes from :func:`crosscoder_lib.interactions.interaction_penalty` on the MLP-input
+``L_int`` comes from :func:`crosscoder_lib.interactions.measures.interaction_penalty` on the MLP-input
 slots. Adam, learning rate warmed up linearly over ``warmup_frac`` of the steps and decayed linearly
 to zero over the last ``decay_frac``; gradient-norm clipping.
 
@@ -25,21 +25,21 @@ to zero over the last ``decay_frac``; gradient-norm clipping.
 ``TrainConfig.seed``), nothing random happens inside a step, and a checkpoint stores the weights,
 the input scale, Adam's moments, the firing tracker, BatchTopK's threshold, the metrics and the
 step. Resuming replays the source up to the checkpoint's step (the source must give the same
-batches again: a tensor, a list, or an :class:`~crosscoder_lib.harvest.ActivationBuffer` over a
+batches again: a tensor, a list, or an :class:`~crosscoder_lib.lm.harvest.ActivationBuffer` over a
 re-iterable token stream; ``cache_dir`` makes the replay cheap), so a stopped-and-resumed run ends
 bit for bit where the uninterrupted run does (tested).
 
 **Failures lose nothing.** Non-finite activations stop training with the step and hookpoint named,
 after saving the last good state; so does a non-finite loss; Ctrl-C saves a checkpoint first.
 
-Command line (``crosscoder-train`` or ``python -m crosscoder_lib.training``)::
+Command line (``crosscoder-train`` or ``python -m crosscoder_lib.crosscoder.training``)::
 
     crosscoder-train run.json [--set train.lr=3e-4 --set crosscoder.k=32 ...]
-    torchrun --nproc_per_node 4 -m crosscoder_lib.training run.json      # same file, 4 processes
+    torchrun --nproc_per_node 4 -m crosscoder_lib.crosscoder.training run.json      # same file, 4 processes
 
 Under ``torchrun`` the global batch ``train.batch_size`` is split across the processes and every
 batch-level quantity is reduced over all of them, so the result equals one process's up to float
-round-off (:mod:`crosscoder_lib.distributed`). ``train.lambda_int`` may be a list: a λ sweep, each
+round-off (:mod:`crosscoder_lib.crosscoder.distributed`). ``train.lambda_int`` may be a list: a λ sweep, each
 λ trained in turn (by all processes) into ``out_dir/lambda_<λ>``.
 
 with ``run.json`` holding ``model``, ``hookpoints`` (``"paper"`` or a list), ``data``, ``buffer``,
@@ -63,22 +63,23 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from crosscoder_lib.activations import FiringTracker, SparseCodes, auxk_codes, l0
-from crosscoder_lib.checkpoint import (
+from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes, auxk_codes, l0
+from crosscoder_lib.crosscoder.checkpoint import (
     CheckpointError,
     has_training_state,
     load_training_state,
     save_training_state,
 )
-from crosscoder_lib.crosscoder import Crosscoder, CrosscoderConfig
-from crosscoder_lib.distributed import (
+from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.crosscoder.persistence import save_crosscoder
+from crosscoder_lib.crosscoder.distributed import (
     SINGLE,
     SingleProcess,
     data_parallel,
     init_from_env,
     teardown,
 )
-from crosscoder_lib.hookpoints import mlp_input_slots
+from crosscoder_lib.lm.hookpoints import mlp_input_slots
 
 PENALTY_FORMS = ("unweighted", "weighted")
 CHECKPOINT_DIR = "checkpoint"
@@ -322,7 +323,7 @@ def compute_loss(crosscoder: Crosscoder, acts_BXD: torch.Tensor, cfg: TrainConfi
     loss = mse + aux_weight * aux + sparsity
     penalty = share = None
     if cfg.lambda_int > 0:
-        from crosscoder_lib.interactions import interaction_penalty
+        from crosscoder_lib.interactions.measures import interaction_penalty
         stats = interaction_penalty(out.codes, crosscoder.decoder_slots_LHD(mlp_slots), mlp, form=cfg.penalty_form)
         penalty, share = stats.penalty, stats.dominant_share
         loss = loss + (cfg.lambda_int if lambda_int is None else lambda_int) * penalty
@@ -400,7 +401,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
         crosscoder: a :class:`CrosscoderConfig` (a fresh model is built) or a :class:`Crosscoder`
             (trained in place). Its input scale is estimated from the first ``cfg.n_norm_batches``
             batches unless resuming.
-        mlp: :class:`crosscoder_lib.mlp.MLPWeights` of the model, required when ``cfg.lambda_int > 0``.
+        mlp: :class:`crosscoder_lib.interactions.mlp.MLPWeights` of the model, required when ``cfg.lambda_int > 0``.
         out_dir: folder for ``checkpoint/`` (resumable, every ``cfg.checkpoint_every`` steps and at
             the end), ``crosscoder/`` (the final model, input scale folded) and ``train_config.json``.
         resume: continue from ``out_dir/checkpoint`` when there is one.
@@ -408,7 +409,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
 
     Under ``torchrun`` (an initialised process group of several ranks) every rank calls this with
     the same arguments: each trains on its shard of every global batch of ``cfg.batch_size``
-    positions, and only rank 0 writes to ``out_dir`` (:mod:`crosscoder_lib.distributed`).
+    positions, and only rank 0 writes to ``out_dir`` (:mod:`crosscoder_lib.crosscoder.distributed`).
 
     Raises:
         NonFiniteError: NaN/inf in a batch (step and hookpoint named) or in the loss; the state
@@ -418,7 +419,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if cfg.lambda_int > 0 and mlp is None:
         raise ValueError("cfg.lambda_int > 0 needs the model's MLP weights: pass "
-                         "mlp=crosscoder_lib.mlp.mlp_weights(bridge)")
+                         "mlp=crosscoder_lib.interactions.mlp.mlp_weights(bridge)")
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
     parallel = data_parallel()
@@ -533,7 +534,7 @@ def train(cfg: TrainConfig, source, *, crosscoder: Crosscoder | CrosscoderConfig
             run.finish()
     save(step)
     if out_dir is not None and step == cfg.n_steps and parallel.is_main:
-        cc.save(out_dir / FINAL_DIR, fold=True)
+        save_crosscoder(cc, out_dir / FINAL_DIR, fold=True)
     parallel.barrier()  # rank 0's files are complete before any rank reads them (e.g. to resume)
     return TrainResult(cc, metrics, metrics[-1] if metrics else {}, step, out_dir)
 
@@ -570,7 +571,7 @@ def run_from_config(config: dict):
     Keys: ``model`` (a ``load_model`` name or folder), ``hookpoints`` (``"paper"`` or a list),
     ``data`` (``dataset``: ``"embedded"`` by default, a local TinyStoriesInstruct-layout or
     one-per-line text file, or a hub id such as ``"roneneldan/TinyStoriesInstruct"``, read by
-    :func:`crosscoder_lib.data.load_texts`'s train split; ``n_texts``, ``context_len``,
+    :func:`crosscoder_lib.world.data.load_texts`'s train split; ``n_texts``, ``context_len``,
     ``batch_size``, ``seed``), ``buffer`` (``capacity_tokens``,
     ``exclude_first``, ``cache_dir``), ``crosscoder`` (CrosscoderConfig fields), ``train``
     (TrainConfig fields), ``out_dir``.
@@ -578,13 +579,13 @@ def run_from_config(config: dict):
     A list ``train.lambda_int`` is a λ sweep: each λ is trained in turn on the same activation
     stream into ``out_dir/lambda_<λ>``, a list of results is returned and ``out_dir/sweep.json``
     holds every λ's final metrics. Under ``torchrun`` every rank harvests its share of each token
-    batch (:meth:`~crosscoder_lib.distributed.DataParallel.sharded_harvester`; a ``cache_dir`` gets
+    batch (:meth:`~crosscoder_lib.crosscoder.distributed.DataParallel.sharded_harvester`; a ``cache_dir`` gets
     one sub-folder per rank) and only rank 0 writes files.
     """
-    from crosscoder_lib import data as data_mod
-    from crosscoder_lib.harvest import ActivationBuffer, harvest
-    from crosscoder_lib.hookpoints import paper_hookpoints, validate_hookpoints
-    from crosscoder_lib.loading import load_model
+    from crosscoder_lib.world import data as data_mod
+    from crosscoder_lib.lm.harvest import ActivationBuffer, harvest
+    from crosscoder_lib.lm.hookpoints import paper_hookpoints, validate_hookpoints
+    from crosscoder_lib.lm.loading import load_model
 
     unknown = sorted(set(config) - {"model", "hookpoints", "data", "buffer", "crosscoder", "train", "out_dir"})
     if unknown:
@@ -623,7 +624,7 @@ def run_from_config(config: dict):
                                         | config.get("crosscoder", {}))
     mlp = None
     if any(c.lambda_int > 0 for c in tcfgs):
-        from crosscoder_lib.mlp import mlp_weights
+        from crosscoder_lib.interactions.mlp import mlp_weights
         mlp = mlp_weights(bridge)
     out_dir = config.get("out_dir")
     results = []
@@ -646,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     """``crosscoder-train run.json [--set key=value ...]``: train from a run-config file (under
     ``torchrun`` too: the process group is set up from its environment and torn down at the end)."""
     parser = argparse.ArgumentParser(prog="crosscoder-train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="run-config JSON file (see crosscoder_lib.training.run_from_config)")
+    parser.add_argument("config", help="run-config JSON file (see crosscoder_lib.crosscoder.training.run_from_config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted key, e.g. train.lr=3e-4 (value parsed as JSON)")
     args = parser.parse_args(argv)

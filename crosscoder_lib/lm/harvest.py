@@ -4,20 +4,20 @@
 batch axis (sequence-major, ``b * (S - skip) + s``), slot ``x`` holding the activation at
 ``hookpoints[x]``.
 
-**Position policy (one, used everywhere).** Token batches are BOS-first (``crosscoder_lib.data``).
+**Position policy (one, used everywhere).** Token batches are BOS-first (``crosscoder_lib.world.data``).
 By default (``exclude_first=True``) the first position of every sequence is dropped: its
 activation only ever sees BOS, is identical for every sequence, and has an outlying norm (an
 attention sink), so it would dominate the normalisation and the loss while carrying nothing about
 the text. ``exclude_first=False`` keeps it. Evaluation splices reconstructions back at exactly the
-positions harvested (see ``crosscoder_lib.evaluation``).
+positions harvested (see ``crosscoder_lib.crosscoder.evaluation``).
 
 **Sources.**
 
-- :func:`harvest`: a TransformerLens ``TransformerBridge`` (``crosscoder_lib.loading.load_model``),
+- :func:`harvest`: a TransformerLens ``TransformerBridge`` (``crosscoder_lib.lm.loading.load_model``),
   through forward hooks that copy each hookpoint straight into the output tensor; the forward
   stops after the last block any hookpoint needs (``stop_at_layer``), skipping the unembedding.
 - :func:`harvest_nnsight`: any Hugging Face causal LM of a supported layout (GPT-2/GPT-Neo, Llama
-  family), through nnsight (``crosscoder_lib.loading.load_nnsight`` or a plain HF model). The
+  family), through nnsight (``crosscoder_lib.lm.loading.load_nnsight`` or a plain HF model). The
   TransformerLens hook names map onto module inputs: ``resid_pre``/``ln1`` from the first
   LayerNorm's input, ``resid_mid``/``ln2`` from the second's, ``resid_post`` from the next block's
   first LayerNorm (or the final norm). ``ln*.hook_normalized`` is the normalised vector *without*
@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crosscoder_lib.hookpoints import (
+from crosscoder_lib.files import read_tensors, write_tensors
+from crosscoder_lib.lm.hookpoints import (
     BLOCK_HOOKS,
     hook_block,
     last_block_needed,
@@ -210,7 +211,7 @@ class ActivationBuffer:
 
     Args:
         model: a TransformerBridge (or, with ``harvester="nnsight"``, an nnsight/HF model).
-        token_batches: an iterable of LongTensor ``[B, S]`` (e.g. ``crosscoder_lib.data.token_batches``),
+        token_batches: an iterable of LongTensor ``[B, S]`` (e.g. ``crosscoder_lib.world.data.token_batches``),
             or a zero-argument callable returning a fresh one: every ``iter(buffer)`` re-reads it,
             so pass a list/callable if you iterate more than once (e.g. resuming training).
         hookpoints: hook names, one slot each.
@@ -261,8 +262,6 @@ class ActivationBuffer:
 
     def _chunks(self) -> Iterator[torch.Tensor]:
         """Harvested activations per token batch (from the cache when it has them)."""
-        from crosscoder_lib.checkpoint import read_tensors, write_tensors
-
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             meta_path = self.cache_dir / "cache.json"
@@ -290,7 +289,7 @@ class ActivationBuffer:
                 yield acts
         if n == 0:
             raise ValueError("the token stream yielded no batches: pass a non-empty iterable of "
-                             "LongTensor [batch, seq] (e.g. crosscoder_lib.data.token_batches over "
+                             "LongTensor [batch, seq] (e.g. crosscoder_lib.world.data.token_batches over "
                              "some texts), or a callable returning a fresh one per pass")
 
     def __iter__(self) -> Iterator[torch.Tensor]:

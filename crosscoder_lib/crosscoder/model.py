@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crosscoder_lib.activations import (
+from crosscoder_lib.crosscoder.activations import (
     Activation,
     SparseCodes,
     codes_to_dense,
@@ -82,7 +82,7 @@ class CrosscoderConfig:
     def __post_init__(self):
         self.hookpoints = list(self.hookpoints)
         if not self.hookpoints:
-            raise ValueError("hookpoints is empty; use crosscoder_lib.hookpoints.paper_hookpoints")
+            raise ValueError("hookpoints is empty; use crosscoder_lib.lm.hookpoints.paper_hookpoints")
         if len(set(self.hookpoints)) != len(self.hookpoints):
             raise ValueError(f"duplicate hookpoints in {self.hookpoints}")
         for name in ("d_model", "n_features", "k", "dead_steps"):
@@ -295,19 +295,3 @@ class Crosscoder(nn.Module):
     def decoder_norms_H(self) -> torch.Tensor:
         """``Σ_x ‖W_dec[v, x]‖`` per feature (normalised units): the weights of the ReLU L1 penalty."""
         return self.W_dec_HXD.norm(dim=-1).sum(-1)
-
-    # -- persistence ---------------------------------------------------------------------------
-    def save(self, folder, *, fold: bool = True) -> None:
-        """Write ``folder/crosscoder.safetensors`` + ``folder/crosscoder.json`` (see checkpoint.py).
-
-        With ``fold`` (default) the input scale is folded into the saved weights (this module is
-        not modified); ``fold=False`` saves the weights and the scale as they are.
-        """
-        from crosscoder_lib.checkpoint import save_crosscoder
-        save_crosscoder(self, folder, fold=fold)
-
-    @classmethod
-    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> Crosscoder:
-        """Load a crosscoder written by :meth:`save` (safetensors + JSON only; never pickle)."""
-        from crosscoder_lib.checkpoint import load_crosscoder
-        return load_crosscoder(folder, device=device)

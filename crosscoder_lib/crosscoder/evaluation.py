@@ -35,8 +35,8 @@ from typing import NamedTuple
 
 import torch
 
-from crosscoder_lib.activations import l0 as l0_of
-from crosscoder_lib.harvest import harvest
+from crosscoder_lib.crosscoder.activations import l0 as l0_of
+from crosscoder_lib.lm.harvest import harvest
 
 
 class ReconstructionEval(NamedTuple):

@@ -43,7 +43,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from crosscoder_lib.mlp import MLPWeights
+from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.lm.hookpoints import mlp_input_slots
 
 PENALTY_FORMS = ("unweighted", "weighted")
 
@@ -182,8 +183,6 @@ def mlp_input_decoder(crosscoder) -> tuple[torch.Tensor, torch.Tensor]:
     so ``codes → Σ_v a_v W_dec_LHD[l, v] + b_dec_LD[l]`` is ``crosscoder.decode(codes)`` at that slot.
     ``W_dec_LHD`` is differentiable through the crosscoder's weights.
     """
-    from crosscoder_lib.hookpoints import mlp_input_slots
-
     slots = mlp_input_slots(crosscoder.cfg.hookpoints)
     W_dec_LHD = crosscoder.decoder_slots_LHD(slots)
     slots_t = torch.as_tensor(slots, device=crosscoder.b_dec_XD.device)

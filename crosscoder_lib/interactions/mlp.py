@@ -1,8 +1,8 @@
 """The frozen MLP weights of a transformer, read so that they act on the MLP-input hookpoint.
 
 SPEC §2: block ``l`` computes ``MLP(n2) = σ(n2 W_in + b_in) W_out + b_out`` on
-``n2 = blocks.l.ln2.hook_normalized``. Everything in :mod:`crosscoder_lib.interactions`,
-:mod:`crosscoder_lib.ablation` and :mod:`crosscoder_lib.proofs` multiplies crosscoder decoder
+``n2 = blocks.l.ln2.hook_normalized``. Everything in :mod:`crosscoder_lib.interactions.measures`,
+:mod:`crosscoder_lib.interactions.ablation` and :mod:`crosscoder_lib.proofs.bounds` multiplies crosscoder decoder
 rows at that hookpoint by ``W_in``, so ``W_in`` must be the matrix that multiplies *exactly* the
 vector stored at ``ln2.hook_normalized`` (SPEC §8's first invariant). In TransformerLens's
 compatibility mode the LayerNorm scale and bias are folded into ``W_in``/``b_in`` and
@@ -56,7 +56,7 @@ def lipschitz(act_fn: str) -> float:
     ends = slope(torch.tensor([-20.0, -19.0, 19.0, 20.0], dtype=torch.float64))
     if abs(ends[0] - ends[1]) > 1e-6 or abs(ends[3] - ends[2]) > 1e-6 or ends.max() > best:
         raise ValueError(f"activation {act_fn!r} has no global Lipschitz constant (its slope keeps "
-                         "changing at |z| = 20); the bounds of crosscoder_lib.proofs need one")
+                         "changing at |z| = 20); the bounds of crosscoder_lib.proofs.bounds need one")
     return math.nextafter(best * (1 + 1e-9), math.inf)
 
 
@@ -105,7 +105,7 @@ def mlp_weights(bridge) -> MLPWeights:
     if missing:
         raise TypeError(
             f"mlp_weights needs a TransformerBridge with W_in/b_in/W_out/b_out/cfg; missing {missing}. "
-            "Load the model with crosscoder_lib.loading.load_model (compatibility mode)."
+            "Load the model with crosscoder_lib.lm.loading.load_model (compatibility mode)."
         )
     act_fn = getattr(bridge.cfg, "act_fn", None)
     activation(torch.zeros(1), act_fn)  # clear error for an unsupported activation

@@ -52,7 +52,7 @@ Four pieces, each checked numerically against the model itself:
 (d) :func:`qk_split` — attention scores of reconstructed inputs ``n1 = μ + Σ_i a_i d_i`` split
     exactly into mean·mean, mean·feature, feature·mean and feature·feature parts.
 
-Position policy: as :mod:`crosscoder_lib.harvest` (``exclude_first``): the BOS position is not
+Position policy: as :mod:`crosscoder_lib.lm.harvest` (``exclude_first``): the BOS position is not
 reconstructed; its activations, the same for every sequence, are taken as known exactly.
 """
 
@@ -64,8 +64,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from crosscoder_lib.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions import (
+from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions.measures import (
     active_slots_first,
     block_contributions,
     checked_ids,
@@ -74,7 +74,7 @@ from crosscoder_lib.interactions import (
     neuron_weights,
     unpack_codes,
 )
-from crosscoder_lib.mlp import MLPWeights, activation, lipschitz
+from crosscoder_lib.interactions.mlp import MLPWeights, activation, lipschitz
 
 F64 = torch.float64
 
@@ -134,7 +134,7 @@ def _feature_wise_mlp(idx_BK, val_BK, G_HN, beta_N, mlp: MLPWeights, block: int,
     """MLP(n̂2), g and both bounds for one block, in float64, chunked over tokens.
 
     ``idx_BK, val_BK`` have active slots first; the dominant slot is ``argmax |p|`` over them
-    (lowest slot on ties, as in :mod:`crosscoder_lib.interactions`).
+    (lowest slot on ties, as in :mod:`crosscoder_lib.interactions.measures`).
     """
     W_out_ND = mlp.W_out_LND[block].to(F64)
     b_out_D = mlp.b_out_LD[block].to(F64)
@@ -165,7 +165,7 @@ def mlp_interaction_bound(codes, W_dec_LHD: torch.Tensor, b_dec_LD: torch.Tensor
     """SPEC §3's bound on ``‖ε(t)‖`` for every block and token, with the actual error (see (a) above).
 
     ``W_dec_LHD``, ``b_dec_LD``: decoder rows and bias at the MLP-input slots in model units
-    (:func:`crosscoder_lib.interactions.mlp_input_decoder`). Computed in float64.
+    (:func:`crosscoder_lib.interactions.measures.mlp_input_decoder`). Computed in float64.
     """
     idx_BK, val_BK = unpack_codes(codes)
     W64, mlp64 = W_dec_LHD.detach().to(F64), mlp.to(dtype=F64)
@@ -265,7 +265,7 @@ def attention_weights(bridge, probe_tokens: torch.Tensor | None = None) -> Atten
         if err < 1e-4:
             return attn
     raise ValueError(f"no score scale reproduces the model's attention pattern (max errors {errors}); "
-                     "crosscoder_lib.proofs models causal (optionally windowed) softmax attention only")
+                     "crosscoder_lib.proofs.bounds models causal (optionally windowed) softmax attention only")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def model_hook_names(model) -> list[str]:
     hook_dict = getattr(model, "hook_dict", None)
     if hook_dict is None:
         raise TypeError(f"{type(model).__name__} has no hook_dict; pass a TransformerLens "
-                        f"TransformerBridge (crosscoder_lib.loading.load_model)")
+                        f"TransformerBridge (crosscoder_lib.lm.loading.load_model)")
     return list(hook_dict.keys())
 
 

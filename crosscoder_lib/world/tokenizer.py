@@ -1,7 +1,7 @@
 """The embedded world's word-level tokenizer, and the one BOS/padding policy of the project.
 
 The tokenizer is a Hugging Face ``tokenizers`` WordPiece model whose vocabulary is exactly the
-corpus's words (:func:`crosscoder_lib.corpus.vocabulary`), wrapped as a
+corpus's words (:func:`crosscoder_lib.world.corpus.vocabulary`), wrapped as a
 ``PreTrainedTokenizerFast`` and saved as a standard tokenizer folder inside every model folder, so
 code written for the GPT-Neo tokenizer (``AutoTokenizer``, TransformerLens, nnsight) works unchanged.
 
@@ -20,7 +20,7 @@ separated by single spaces or newlines (every corpus text): ``decode(encode(t)) 
 - Encoding a text *prepends* BOS (the tokenizer's post-processor does it, so ``tokenizer(text)``,
   TransformerLens's ``to_tokens`` and nnsight all agree; TransformerLens sees that the tokenizer
   already prepends and does not add a second one). No EOS is appended.
-- Training and harvesting windows (:mod:`crosscoder_lib.data`) are ``S`` tokens: BOS, then whole
+- Training and harvesting windows (:mod:`crosscoder_lib.world.data`) are ``S`` tokens: BOS, then whole
   documents from a document start, each followed by EOS, the last one cut at the window's end (and
   repeated whole at the start of the next window). So every window starts with BOS, that BOS really
   precedes a document start, every document start is preceded by an ``<|endoftext|>`` exactly as a
@@ -44,7 +44,7 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from crosscoder_lib import corpus
+from crosscoder_lib.world import corpus
 
 BOS = "<|endoftext|>"
 UNK = "<|unk|>"

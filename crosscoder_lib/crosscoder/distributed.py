@@ -1,7 +1,7 @@
 """Data-parallel training over ``torch.distributed`` (``torchrun``), and its single-process twin.
 
 The same run-config file trains on one process (``crosscoder-train run.json``) or on several
-(``torchrun --nproc_per_node 4 -m crosscoder_lib.training run.json``); with the same global batch
+(``torchrun --nproc_per_node 4 -m crosscoder_lib.crosscoder.training run.json``); with the same global batch
 and seed both give the same crosscoder up to float round-off (``tests/test_distributed.py``). How:
 
 - **One global batch, split.** ``TrainConfig.batch_size`` is the *global* batch ``B``; it must be
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from crosscoder_lib.activations import (
+from crosscoder_lib.crosscoder.activations import (
     Activation,
     BatchTopK,
     SparseCodes,

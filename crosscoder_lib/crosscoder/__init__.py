@@ -1,0 +1,1 @@
+"""The crosscoder: the model, its activations, persistence, training and evaluation."""

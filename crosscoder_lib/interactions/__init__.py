@@ -1,0 +1,1 @@
+"""Feature interactions inside MLPs: MLP kinds, contributions, the penalty, kernels, ablation."""

@@ -1,0 +1,1 @@
+"""Access to a language model: loading, hookpoints, and harvesting activations."""
