@@ -1,4 +1,4 @@
-# The two commands of the README. Both work on a fresh machine with Python 3.10+ and the package
+# The two commands of the README. Both work on a fresh machine with Python 3.11+ and the package
 # registries: they create .venv on first use and install the exact pins of requirements.txt.
 PYTHON ?= python3
 VENV   := .venv
