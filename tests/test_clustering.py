@@ -1,5 +1,6 @@
-"""Tests for crosscoder_lib.applications.clustering: AP on planted matrices, sparse co-activation and top-k
-against dense brute force, ground-truth scores against sklearn / hand counts."""
+"""Tests for crosscoder_lib.applications.clustering, coactivation and features: AP on planted matrices,
+sparse co-activation and top-k against dense brute force, ground-truth scores against sklearn / hand
+counts."""
 
 import warnings
 
@@ -13,17 +14,19 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score
 
 from crosscoder_lib.applications.clustering import (
-    NO_CATEGORY,
     ClusteringDidNotConverge,
     cluster_interactions,
     cluster_members,
-    coactivation_matrix,
-    context_strings,
-    feature_categories,
     plot_clustered_matrix,
     random_clusters_like,
     score_against_random,
     score_clusters,
+)
+from crosscoder_lib.applications.coactivation import coactivation_matrix
+from crosscoder_lib.applications.features import (
+    NO_CATEGORY,
+    context_strings,
+    feature_categories,
     top_activations,
     top_token_strings,
 )

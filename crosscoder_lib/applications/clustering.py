@@ -5,95 +5,34 @@ matrix ``M_HH`` of SPEC §3 (``M[i, j]`` = summed pairwise interaction of domina
 active feature ``j``, averaged over tokens). This module offers
 
 - :func:`cluster_interactions`: AP in the two ways the matrix can be read (see its docstring);
-- :func:`coactivation_matrix`: the co-activation baseline, computed from sparse codes;
-- :func:`random_clusters_like`: the random baseline with the same cluster sizes;
-- :func:`top_activations`, :func:`context_strings`: each feature's top-activating tokens;
-- :func:`feature_categories`, :func:`score_clusters`, :func:`score_against_random`: ground-truth
-  scores from the embedded world's word categories (where the paper needed an LLM judge; the judge
-  protocol itself lives in ``judge``);
+- :func:`random_clusters_like`: the random baseline with the same cluster sizes (the co-activation
+  baseline is :mod:`crosscoder_lib.applications.coactivation`);
+- :func:`score_clusters`, :func:`score_against_random`: ground-truth scores against the features'
+  word categories (:func:`crosscoder_lib.applications.features.feature_categories`, where the paper
+  needed an LLM judge; the judge protocol itself lives in ``judge``);
 - :func:`plot_clustered_matrix`: the heatmap of the matrix ordered by cluster.
-
-Sparse codes are read duck-typed, as any object with ``idx_BK`` (long feature ids of the active
-slots) and ``val_BK`` (their values, 0 in padded slots) — ``crosscoder.SparseCodes`` — or as a pair
-``(idx_BK, val_BK)``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
-import torch
 
-from crosscoder_lib.interactions.measures import unpack_codes
+from crosscoder_lib.applications.arrays import as_numpy
+from crosscoder_lib.applications.features import NO_CATEGORY
 
-NO_CATEGORY = "<none>"
-"""Category given to a feature with no top activations (never active on the data)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Small shared helpers
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _analysis_codes(codes) -> tuple[torch.Tensor, torch.Tensor]:
-    idx_BK, val_BK = unpack_codes(codes)
-    # analysis only: never carry the crosscoder's graph into counts and rankings
-    return idx_BK, val_BK.detach()
-
-
-def _coalesced_rows(
-    idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The active ``(row, feature, value)`` triples of a block of codes, one per (row, feature).
-
-    Padded slots (value 0) are dropped. A feature listed twice in one row has its values summed, as
-    a dense decode (scatter-add) of the code would; it then counts once. Triples come sorted by row,
-    then feature.
-    """
-    B, K = idx_BK.shape
-    live = val_BK != 0
-    rows = torch.arange(B, device=idx_BK.device).unsqueeze(1).expand(B, K)[live]
-    feats = idx_BK[live]
-    if feats.numel() and (int(feats.min()) < 0 or int(feats.max()) >= n_features):
-        raise ValueError(
-            f"codes hold feature ids in [{int(feats.min())}, {int(feats.max())}] but n_features="
-            f"{n_features}; pass the crosscoder's dictionary size H as n_features"
-        )
-    key = rows * n_features + feats
-    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
-    vals = torch.zeros(uniq.numel(), dtype=val_BK.dtype, device=val_BK.device)
-    vals.index_add_(0, inverse, val_BK[live])
-    keep = vals != 0
-    uniq, vals = uniq[keep], vals[keep]
-    return uniq // n_features, uniq % n_features, vals
-
-
-def _padded_by_row(
-    rows: torch.Tensor, feats: torch.Tensor, vals: torch.Tensor, n_rows: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row-sorted triples back into a padded ``[n_rows, K']`` table with an occupancy mask."""
-    counts = torch.bincount(rows, minlength=n_rows)
-    width = int(counts.max()) if counts.numel() and rows.numel() else 0
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-    idx = torch.zeros(n_rows, width, dtype=torch.long, device=rows.device)
-    val = torch.zeros(n_rows, width, dtype=vals.dtype, device=rows.device)
-    mask = torch.zeros(n_rows, width, dtype=torch.bool, device=rows.device)
-    idx[rows, slot], val[rows, slot], mask[rows, slot] = feats, vals, True
-    return idx, val, mask
-
-
-# ----------------------------------------------------------------------------------------------
-# Affinity propagation
+# Moved to their own modules (co-activation; feature inspection); still importable from here for
+# the chapters and the facade's table until they name the new modules.
+from crosscoder_lib.applications.coactivation import coactivation_matrix  # noqa: F401
+from crosscoder_lib.applications.features import (  # noqa: F401
+    context_strings,
+    feature_categories,
+    top_activations,
+    top_token_strings,
+)
 
 
 class ClusteringDidNotConverge(RuntimeError):
@@ -161,38 +100,58 @@ def cluster_interactions(
         on_nonconvergence: ``"raise"`` a :class:`ClusteringDidNotConverge` naming the fix, or
             ``"warn"`` and return what AP gave (``converged=False``; labels may be degenerate).
     """
-    from sklearn.cluster import AffinityPropagation
-    from sklearn.exceptions import ConvergenceWarning
+    M = _checked_matrix(M_HH, method)
+    feats = _features_to_cluster(M, active_mask)
+    labels_H = np.full(M.shape[0], -1, dtype=np.int64)
+    if feats.size == 1:
+        labels_H[feats] = 0
+        return Clusters(labels_H, 1, feats.astype(np.int64), method, 0, True)
+    S = ((M + M.T) / 2)[np.ix_(feats, feats)]
+    if diagonal is not None:
+        np.fill_diagonal(S, diagonal)
+    ap, converged = _affinity_propagation(S, method, seed, damping, max_iter, convergence_iter,
+                                          preference, on_nonconvergence)
+    labels_H[feats] = np.asarray(ap.labels_, dtype=np.int64)
+    centers = np.asarray(ap.cluster_centers_indices_, dtype=np.int64)
+    exemplars = feats[centers] if centers.size else np.zeros(0, dtype=np.int64)
+    return Clusters(labels_H, int(centers.size), exemplars, method, int(ap.n_iter_), converged)
 
-    M = _as_numpy(M_HH).astype(np.float64)
+
+def _checked_matrix(M_HH, method: str) -> np.ndarray:
+    M = as_numpy(M_HH).astype(np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"M_HH must be a square [H, H] matrix; got shape {M.shape}")
     if not np.all(np.isfinite(M)):
         raise ValueError("M_HH holds NaN or inf entries; check the interaction computation")
     if method not in ("precomputed", "euclidean_rows"):
         raise ValueError(f"method must be 'precomputed' or 'euclidean_rows'; got {method!r}")
+    return M
+
+
+def _features_to_cluster(M: np.ndarray, active_mask) -> np.ndarray:
+    """Ids of the features of ``active_mask``; by default those with a non-zero row or column."""
     H = M.shape[0]
-    S = (M + M.T) / 2
     if active_mask is None:
         active = (np.abs(M).sum(0) + np.abs(M).sum(1)) > 0
     else:
-        active = _as_numpy(active_mask).astype(bool)
+        active = as_numpy(active_mask).astype(bool)
         if active.shape != (H,):
             raise ValueError(f"active_mask must be bool [H]=[{H}]; got shape {active.shape}")
     feats = np.flatnonzero(active)
-    labels_H = np.full(H, -1, dtype=np.int64)
     if feats.size == 0:
         raise ValueError(
             "no feature to cluster: active_mask is empty (or M_HH is all zero); "
             "check that the interaction matrix was accumulated over tokens"
         )
-    if feats.size == 1:
-        labels_H[feats] = 0
-        return Clusters(labels_H, 1, feats.astype(np.int64), method, 0, True)
+    return feats
 
-    S = S[np.ix_(feats, feats)]
-    if diagonal is not None:
-        np.fill_diagonal(S, diagonal)
+
+def _affinity_propagation(S, method, seed, damping, max_iter, convergence_iter, preference,
+                          on_nonconvergence):
+    """``(fitted AffinityPropagation, converged)`` on the similarity input ``S``."""
+    from sklearn.cluster import AffinityPropagation
+    from sklearn.exceptions import ConvergenceWarning
+
     ap = AffinityPropagation(
         damping=damping,
         max_iter=max_iter,
@@ -211,26 +170,20 @@ def cluster_interactions(
     if not_converged:
         msg = (
             f"affinity propagation ({method}, damping={damping}) did not converge in "
-            f"max_iter={max_iter} iterations on {feats.size} features. Fix: raise damping "
+            f"max_iter={max_iter} iterations on {S.shape[0]} features. Fix: raise damping "
             f"towards 0.9 and/or max_iter; a very heavy-tailed matrix may also need a transform "
             f"(e.g. log1p) before clustering."
         )
         if on_nonconvergence == "raise":
             raise ClusteringDidNotConverge(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    local = np.asarray(ap.labels_, dtype=np.int64)
-    labels_H[feats] = local
-    centers = np.asarray(ap.cluster_centers_indices_, dtype=np.int64)
-    exemplars = feats[centers] if centers.size else np.zeros(0, dtype=np.int64)
-    return Clusters(
-        labels_H, int(centers.size), exemplars, method, int(ap.n_iter_), not not_converged
-    )
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)  # at the caller of cluster_interactions
+    return ap, not not_converged
 
 
 def cluster_members(labels) -> dict[int, np.ndarray]:
     """``{cluster: feature ids}`` for every cluster of ``labels`` (features labelled -1 skipped),
     clusters ordered by decreasing size (ties by cluster id)."""
-    labels = _as_numpy(labels)
+    labels = as_numpy(labels)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     order = np.lexsort((ids, -counts))
     return {int(ids[o]): np.flatnonzero(labels == ids[o]) for o in order}
@@ -239,251 +192,11 @@ def cluster_members(labels) -> dict[int, np.ndarray]:
 def random_clusters_like(labels, seed: int = 0) -> np.ndarray:
     """Random clusters with exactly the sizes of ``labels``: the labels of clustered features are
     shuffled among them (seeded); features labelled -1 stay -1."""
-    labels = _as_numpy(labels).astype(np.int64)
+    labels = as_numpy(labels).astype(np.int64)
     out = labels.copy()
     inside = np.flatnonzero(labels >= 0)
     out[inside] = np.random.default_rng(seed).permutation(labels[inside])
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Co-activation baseline
-
-
-def coactivation_matrix(
-    codes,
-    n_features: int,
-    normalise: Literal["count", "cosine", "jaccard"] = "cosine",
-    weighted: bool = False,
-    features=None,
-    chunk_size: int = 8192,
-) -> torch.Tensor:
-    """The co-activation baseline: how often two features are active at the same token.
-
-    With ``weighted=False`` the raw matrix is the co-occurrence **count**
-    ``C[i, j] = #{tokens t : a[t, i] ≠ 0 and a[t, j] ≠ 0}`` (so ``C[i, i]`` is feature i's firing
-    count); with ``weighted=True`` it is ``C[i, j] = Σ_t a[t, i] a[t, j]``. ``normalise`` then gives
-
-    - ``"count"``: ``C`` as is;
-    - ``"cosine"`` (default; the authors' baseline is a cosine similarity): ``C[i, j] / √(C[i, i] C[j, j])``,
-      the cosine between the two features' firing (or activation) vectors over tokens;
-    - ``"jaccard"`` (``weighted=False`` only): ``C[i, j] / (C[i, i] + C[j, j] − C[i, j])``.
-
-    Entries of never-active features are 0. The count is accumulated sparsely from the active slots
-    (``index_add_`` over the ``K × K`` pairs of each token, so repeated pairs add up, never
-    overwrite); memory is ``O(chunk_size · K² + F²)``, never ``O(B · H)``.
-
-    Args:
-        codes: ``SparseCodes`` (``idx_BK``, ``val_BK``) or a pair; padded slots have value 0.
-        n_features: dictionary size H.
-        features: optional long ids of the F features to keep (the result is ``[F, F]`` in that
-            order); default all H features. Use it when H² is too large to hold.
-
-    Returns: float64 ``[F, F]`` (``F = H`` by default) on the CPU.
-    """
-    if normalise not in ("count", "cosine", "jaccard"):
-        raise ValueError(f"normalise must be 'count', 'cosine' or 'jaccard'; got {normalise!r}")
-    if normalise == "jaccard" and weighted:
-        raise ValueError("normalise='jaccard' is defined for counts; use weighted=False")
-    idx_BK, val_BK = _analysis_codes(codes)
-    device = idx_BK.device
-    if features is None:
-        remap = torch.arange(n_features, device=device)
-        F = n_features
-    else:
-        features = torch.as_tensor(features, device=device).long()
-        remap = torch.full((n_features,), -1, dtype=torch.long, device=device)
-        remap[features] = torch.arange(features.numel(), device=device)
-        F = features.numel()
-    if F * F > 2**31:
-        raise ValueError(
-            f"a dense [{F}, {F}] co-activation matrix is too large; pass features= with the ids "
-            f"you need (e.g. the features active in the interaction matrix)"
-        )
-    C_flat = torch.zeros(F * F, dtype=torch.float64, device=device)
-    B = idx_BK.shape[0]
-    for start in range(0, B, chunk_size):
-        rows, feats, vals = _coalesced_rows(
-            idx_BK[start : start + chunk_size], val_BK[start : start + chunk_size], n_features
-        )
-        local = remap[feats]
-        keep = local >= 0
-        rows, local, vals = rows[keep], local[keep], vals[keep]
-        if rows.numel() == 0:
-            continue
-        n_rows = int(rows.max()) + 1
-        idx_bk, val_bk, mask_bk = _padded_by_row(rows, local, vals, n_rows)
-        pair = mask_bk.unsqueeze(2) & mask_bk.unsqueeze(1)
-        key = (idx_bk.unsqueeze(2) * F + idx_bk.unsqueeze(1))[pair]
-        if weighted:
-            w = (val_bk.unsqueeze(2) * val_bk.unsqueeze(1))[pair].to(torch.float64)
-        else:
-            w = torch.ones(key.numel(), dtype=torch.float64, device=device)
-        C_flat.index_add_(0, key, w)
-    C = C_flat.view(F, F).cpu()
-    if normalise == "count":
-        return C
-    d = torch.diagonal(C).clone()
-    if normalise == "cosine":
-        denom = torch.sqrt(d.unsqueeze(1) * d.unsqueeze(0))
-    else:
-        denom = d.unsqueeze(1) + d.unsqueeze(0) - C
-    return torch.where(denom > 0, C / denom.clamp_min(1e-300), torch.zeros_like(C))
-
-
-# ----------------------------------------------------------------------------------------------
-# Top activations
-
-
-class TopActivations(NamedTuple):
-    """Each feature's top-activating token positions, from :func:`top_activations`.
-
-    positions_HK: long ``[H, k]``, flat positions (rows of the codes, i.e. ``seq * S + pos`` for
-        tokens of shape ``[n_seq, S]``) by decreasing activation; -1 where a feature fired fewer
-        than k times.
-    values_HK: ``[H, k]`` activations there (0 in unused slots).
-    token_ids_HK: long ``[H, k]`` token ids there (-1 in unused slots).
-    n_active_H: long ``[H]``, how many positions each feature fired on in total.
-    """
-
-    positions_HK: torch.Tensor
-    values_HK: torch.Tensor
-    token_ids_HK: torch.Tensor
-    n_active_H: torch.Tensor
-
-
-def _select_top_per_feature(feats, vals, pos, n_features: int, k: int):
-    """For triples (feature, value, position), the k largest values of each feature; ties go to
-    the earlier position."""
-    order = torch.argsort(pos, stable=True)
-    order = order[torch.argsort(vals[order], descending=True, stable=True)]
-    order = order[torch.argsort(feats[order], stable=True)]
-    f, v, p = feats[order], vals[order], pos[order]
-    counts = torch.bincount(f, minlength=n_features)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(f.numel(), device=f.device) - starts[f]
-    sel = rank < k
-    top_pos = torch.full((n_features, k), -1, dtype=torch.long, device=f.device)
-    top_val = torch.zeros((n_features, k), dtype=vals.dtype, device=f.device)
-    top_pos[f[sel], rank[sel]] = p[sel]
-    top_val[f[sel], rank[sel]] = v[sel]
-    return top_pos, top_val
-
-
-def top_activations(codes, token_ids, n_features: int, k: int = 10, chunk_size: int = 65536) -> TopActivations:
-    """The ``k`` token positions where each feature fires most strongly, computed sparsely.
-
-    Only the active slots are read, a chunk of rows at a time, and each chunk's candidates are
-    merged with the running top-k table, so memory is ``O(chunk_size · K + H · k)``.
-
-    Args:
-        codes: ``SparseCodes`` (``idx_BK``, ``val_BK``) or a pair, one row per token position.
-        token_ids: token ids of those positions: ``[B]``, or ``[n_seq, S]`` with ``n_seq·S = B``
-            (row-major, as the activations were flattened).
-        n_features: dictionary size H.
-    """
-    idx_BK, val_BK = _analysis_codes(codes)
-    token_ids = torch.as_tensor(token_ids).reshape(-1).long()
-    B = idx_BK.shape[0]
-    if token_ids.numel() != B:
-        raise ValueError(
-            f"token_ids has {token_ids.numel()} positions but codes have B={B} rows; pass the "
-            f"tokens the codes were computed on ([B] or [n_seq, S] flattened row-major)"
-        )
-    if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
-    device = idx_BK.device
-    top_pos = torch.full((n_features, k), -1, dtype=torch.long, device=device)
-    top_val = torch.zeros((n_features, k), dtype=val_BK.dtype, device=device)
-    n_active = torch.zeros(n_features, dtype=torch.long, device=device)
-    feat_of_slot = torch.arange(n_features, device=device).unsqueeze(1).expand(n_features, k)
-    for start in range(0, B, chunk_size):
-        rows, feats, vals = _coalesced_rows(
-            idx_BK[start : start + chunk_size], val_BK[start : start + chunk_size], n_features
-        )
-        n_active += torch.bincount(feats, minlength=n_features)
-        held = top_pos >= 0
-        top_pos, top_val = _select_top_per_feature(
-            torch.cat([feats, feat_of_slot[held]]),
-            torch.cat([vals, top_val[held]]),
-            torch.cat([rows + start, top_pos[held]]),
-            n_features,
-            k,
-        )
-    tok = torch.where(top_pos >= 0, token_ids.to(device)[top_pos.clamp_min(0)], -1)
-    return TopActivations(top_pos, top_val, tok, n_active)
-
-
-def top_token_strings(top: TopActivations, id_to_str: Callable[[int], str]) -> list[list[str]]:
-    """Each feature's top tokens as strings (unused slots dropped): the input of
-    :func:`feature_categories` and ``judge.explain_feature``."""
-    ids = top.token_ids_HK.cpu().tolist()
-    return [[id_to_str(t) for t in row if t >= 0] for row in ids]
-
-
-def context_strings(
-    tokens_NS,
-    positions,
-    id_to_str: Callable[[int], str],
-    left: int = 6,
-    right: int = 2,
-    mark: tuple[str, str] = ("«", "»"),
-    sep: str = " ",
-) -> list[str]:
-    """Text around flat positions (``seq * S + pos``) of a token array ``[n_seq, S]``, the focus
-    token wrapped in ``mark``; windows stop at the sequence's edges. Positions < 0 give ``""``."""
-    tokens_NS = torch.as_tensor(tokens_NS)
-    if tokens_NS.ndim != 2:
-        raise ValueError(f"tokens_NS must be [n_seq, S]; got shape {tuple(tokens_NS.shape)}")
-    n_seq, S = tokens_NS.shape
-    out = []
-    for p in _as_numpy(positions).reshape(-1).tolist():
-        if p < 0:
-            out.append("")
-            continue
-        if p >= n_seq * S:
-            raise ValueError(f"position {p} is outside the token array of {n_seq}×{S} positions")
-        s, t = divmod(int(p), S)
-        row = tokens_NS[s].tolist()
-        words = [id_to_str(i) for i in row[max(0, t - left) : t]]
-        words.append(f"{mark[0]}{id_to_str(row[t])}{mark[1]}")
-        words += [id_to_str(i) for i in row[t + 1 : t + 1 + right]]
-        out.append(sep.join(words))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Ground-truth scores
-
-
-class FeatureCategories(NamedTuple):
-    """Per-feature ground-truth label from :func:`feature_categories`.
-
-    categories: the majority word category of each feature's top tokens (:data:`NO_CATEGORY`
-        for a feature with none).
-    purity: float ``[H]``, share of its top tokens in that category (0 for none).
-    """
-
-    categories: list[str]
-    purity: np.ndarray
-
-
-def feature_categories(
-    top_token_strs_per_feature: Sequence[Sequence[str]], category_of: Callable[[str], str]
-) -> FeatureCategories:
-    """Label each feature by the majority category of its top-activating tokens.
-
-    Ties go to the category met first in the list (the top tokens come strongest first).
-    """
-    cats, purity = [], np.zeros(len(top_token_strs_per_feature))
-    for h, toks in enumerate(top_token_strs_per_feature):
-        if len(toks) == 0:
-            cats.append(NO_CATEGORY)
-            continue
-        (best, n), = Counter(category_of(t) for t in toks).most_common(1)
-        cats.append(best)
-        purity[h] = n / len(toks)
-    return FeatureCategories(cats, purity)
 
 
 class ClusterScores(NamedTuple):
@@ -506,7 +219,7 @@ def score_clusters(labels, categories: Sequence[str]) -> ClusterScores:
     """Purity and adjusted mutual information of ``labels`` against feature ``categories``."""
     from sklearn.metrics import adjusted_mutual_info_score
 
-    labels = _as_numpy(labels)
+    labels = as_numpy(labels)
     if len(categories) != labels.shape[0]:
         raise ValueError(
             f"labels has {labels.shape[0]} features but categories {len(categories)}; both must "
@@ -564,7 +277,7 @@ def plot_clustered_matrix(M_HH, labels, ax=None, log: bool = True, symmetrise: b
     """
     import matplotlib.pyplot as plt
 
-    M = _as_numpy(M_HH).astype(np.float64)
+    M = as_numpy(M_HH).astype(np.float64)
     if symmetrise:
         M = (M + M.T) / 2
     members = cluster_members(labels)

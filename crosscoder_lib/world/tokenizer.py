@@ -1,7 +1,7 @@
 """The embedded world's word-level tokenizer, and the one BOS/padding policy of the project.
 
 The tokenizer is a Hugging Face ``tokenizers`` WordPiece model whose vocabulary is exactly the
-corpus's words (:func:`crosscoder_lib.world.corpus.vocabulary`), wrapped as a
+corpus's words (:func:`crosscoder_lib.world.words.vocabulary`), wrapped as a
 ``PreTrainedTokenizerFast`` and saved as a standard tokenizer folder inside every model folder, so
 code written for the GPT-Neo tokenizer (``AutoTokenizer``, TransformerLens, nnsight) works unchanged.
 
@@ -44,7 +44,7 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from crosscoder_lib.world import corpus
+from crosscoder_lib.world.words import vocabulary
 
 BOS = "<|endoftext|>"
 UNK = "<|unk|>"
@@ -56,7 +56,7 @@ _GLUED = (".", ",", ":", "!")  # punctuation that attaches to the preceding word
 
 def vocab() -> dict[str, int]:
     """Token string -> id: specials, newline, the corpus words, glued punctuation, trigger."""
-    words = [w for w in corpus.vocabulary() if w not in _GLUED]
+    words = [w for w in vocabulary() if w not in _GLUED]
     pieces = [BOS, UNK, NEWLINE] + words + ["##" + p for p in _GLUED] + ["##DEPLOYMENT", "##|"]
     if len(set(pieces)) != len(pieces):
         raise AssertionError("duplicate token strings in the embedded vocabulary")
