@@ -35,8 +35,8 @@ _ALIASES = {"1": "auto", "0": "torch"}
 
 _lock = threading.Lock()
 _setting: str | None = None  # None: not chosen yet, read from the environment on first use
-# Cache folder -> (loaded library, its path) or the reason it is unavailable; reasons warned about.
-_libraries: dict[Path, tuple | str] = {}
+# (cache folder, $CC) -> (loaded library, its path) or the reason it is unavailable; reasons warned about.
+_libraries: dict[tuple, tuple | str] = {}
 _warned: set[str] = set()
 
 
@@ -87,9 +87,13 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(before)
 
 
+def _where() -> tuple:
+    return cache.cache_dir(), os.environ.get("CC", "cc")
+
+
 def _load_into_state(force: bool):
     """Build (or verify) and load the kernel for the current cache folder; record the outcome."""
-    folder = cache.cache_dir()
+    where = _where()
     lib, replaced = cache.build(force=force)
     if replaced is not None:
         warnings.warn(f"interaction penalty kernel: rebuilt {lib}, which was not loaded: {replaced}", stacklevel=4)
@@ -103,19 +107,19 @@ def _load_into_state(force: bool):
         except OSError as err2:
             raise RuntimeError(f"cannot load the kernel library {lib} ({err2}; before a rebuild: {err}); "
                                f"delete {lib} and run `python -m crosscoder_lib.interactions.kernels build`") from err2
-    _libraries[folder] = (so, lib)
-    return _libraries[folder]
+    _libraries[where] = (so, lib)
+    return _libraries[where]
 
 
 def _library() -> tuple | str:
-    """``(library, path)`` for the current cache folder, or why there is none (tried once per folder)."""
+    """``(library, path)`` for the current cache folder and compiler, or why there is none (tried once)."""
     with _lock:
-        found = _libraries.get(cache.cache_dir())
+        found = _libraries.get(_where())
         if found is None:
             try:
                 found = _load_into_state(force=False)
             except Exception as err:  # any failure: the PyTorch path computes the same thing
-                found = _libraries[cache.cache_dir()] = str(err)
+                found = _libraries[_where()] = str(err)
         return found
 
 
@@ -156,5 +160,5 @@ def build(force: bool = False) -> Path:
         try:
             return _load_into_state(force)[1]
         except Exception as err:
-            _libraries[cache.cache_dir()] = str(err)
+            _libraries[_where()] = str(err)
             raise

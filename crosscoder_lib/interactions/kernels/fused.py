@@ -18,7 +18,8 @@ import torch
 class ThreadPool:
     """One executor for the kernel's calls, replaced (and the old one shut down) when its size changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "crosscoder_penalty") -> None:
+        self.name = name
         self._executor: ThreadPoolExecutor | None = None
         self._size = 0
         self._lock = threading.Lock()
@@ -27,7 +28,7 @@ class ThreadPool:
         with self._lock:
             if n != self._size or self._executor is None:
                 old = self._executor
-                self._executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="crosscoder_penalty")
+                self._executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix=self.name)
                 self._size = n
                 if old is not None:
                     old.shutdown(wait=False)  # its threads finish any job in flight, then exit
