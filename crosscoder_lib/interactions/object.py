@@ -162,8 +162,8 @@ class MLPInteractions:
         differentiable through the codes' values and the live decoder rows."""
         check_form(form)
         W_live = self.decoder()[0]
+        inputs = self._cached("penalty", self._penalty_inputs, live=W_live)  # first: a new state reuses W_live
         active = self.read(codes)
-        inputs = self._cached("penalty", self._penalty_inputs, live=W_live)
         return penalty(active, W_live, inputs, self.w_LN if form == "weighted" else None, chunk_tokens)
 
     def _penalty_inputs(self) -> PenaltyInputs:
