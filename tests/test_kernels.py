@@ -76,7 +76,8 @@ def test_environment_variable_gives_the_initial_setting():
     assert out.returncode == 0, out.stderr
     assert "setting: torch" in out.stdout and "backend for float32 CPU penalties: torch" in out.stdout
     bad = _status({"CROSSCODER_LIB_KERNEL": "gpu"})
-    assert bad.returncode != 0 and "CROSSCODER_LIB_KERNEL" in bad.stderr and "'gpu'" in bad.stderr
+    assert bad.returncode == 2 and "CROSSCODER_LIB_KERNEL" in bad.stderr and "'gpu'" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_without_a_compiler_auto_falls_back_and_c_says_why(own_cache, monkeypatch):
