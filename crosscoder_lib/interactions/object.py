@@ -144,7 +144,7 @@ class MLPInteractions:
 
     def float64(self) -> MLPInteractions:
         """The same interactions in float64 (decoder and MLP), as the bounds compute them (cached)."""
-        if self.W_dec_LHD.dtype == F64 and all(t.dtype == F64 for t in self.mlp[:4]):
+        if all(t.dtype == F64 for t in self._sources() if t.is_floating_point()):
             return self
         return self._cached("float64", self._float64)
 
@@ -188,13 +188,12 @@ class MLPInteractions:
         Memory ``L·T·N·K``: meant for short inputs and tests. Differentiable in the codes' values
         and, when autograd is on and the decoder requires grad, in the live decoder rows.
         """
-        W_live = self.decoder()[0]
-        live = torch.is_grad_enabled() and W_live.requires_grad
-        G = input_products(W_live, self.mlp) if live else self.G
+        W_live = self.decoder()[0] if torch.is_grad_enabled() else None
+        G = input_products(W_live, self.mlp) if W_live is not None and W_live.requires_grad else self.G
         if len(G) != 1:
             raise TypeError(f"contributions() gives one p per feature and neuron; a {self.mlp.kind} MLP has "
                             f"{len(G)} input matrices")
-        idx_BK, val_BK = checked_codes(codes, W_live.shape[1])
+        idx_BK, val_BK = checked_codes(codes, self.W_dec_LHD.shape[1])
         return torch.stack([block_contributions(idx_BK, val_BK, G_HN) for G_HN in G[0]])
 
     @torch.no_grad()
