@@ -100,7 +100,7 @@ def _load_into_state(force: bool):
     try:
         so = cache.load(lib)
     except OSError as err:
-        # Our own fresh build failed to load (a corrupt file that matched its record): build once more.
+        # It passed its checks but does not load (corrupt before its record was written): build once more.
         lib, _ = cache.build(force=True)
         try:
             so = cache.load(lib)
