@@ -6,7 +6,8 @@ At the paper geometry (4 blocks, D = 768, N = 3072, H = 1536, k = 20, 17 hookpoi
 crosscoder and random activations, BatchTopK codes, so the padded slot count K is the batch's
 largest L0) it prints:
 
-1. the penalised training step (ours: ``crosscoder_lib.interactions.measures.interaction_penalty``) against
+1. the penalised training step (ours: ``crosscoder_lib.interactions.measures.interaction_penalty``, on the
+   backend ``crosscoder_lib.interactions.kernels`` chooses) against
    the same step with a dense ``(blocks, batch, neurons, active slots)`` formulation of the same
    penalty (the reference code's: gather each token's active decoder rows, push them through
    ``W_in`` per token, ``|p|``, sum − max, autograd through all of it), batch 256: time and peak
@@ -40,17 +41,14 @@ import sys
 import torch
 from timing import timed
 
-from crosscoder_lib.interactions import measures as interactions
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
-from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib.interactions.measures import (
-    _chunk_tokens,
-    interaction_matrix,
-    interaction_penalty,
-    neuron_weights,
-)
+from crosscoder_lib.interactions import kernels
+from crosscoder_lib.interactions.decoder import neuron_weights
+from crosscoder_lib.interactions.engine import chunk_tokens_for
+from crosscoder_lib.interactions.measures import interaction_matrix, interaction_penalty
 from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
 from crosscoder_lib.crosscoder.training import (
     TrainConfig,
     compute_loss,
@@ -64,7 +62,7 @@ SLOTS = mlp_input_slots(HP)
 LAMBDA = 1000.0
 MATRIX_TOKENS = 10_000
 DENSE_MATRIX_TOKENS = 64  # timed, then scaled to MATRIX_TOKENS
-DENSE_MATRIX_CHUNK = _chunk_tokens(K_TOPK, N, None)  # the same tokens per chunk as ours
+DENSE_MATRIX_CHUNK = chunk_tokens_for(K_TOPK, N)  # the same tokens per chunk as ours
 
 
 # -- the world --------------------------------------------------------------------------------------
@@ -158,14 +156,10 @@ def penalty_fn(batch: int, which: str):
     elif which == "ours":
         def run():
             interaction_penalty(c, W, mlp).penalty.backward()
-    elif which == "ours_torch":  # the PyTorch fallback, forced
+    elif which == "ours_torch":  # the PyTorch fallback, forced through the public setting
         def run():
-            saved = interactions._kernel.get("fn")
-            interactions._kernel["fn"] = None
-            try:
+            with kernels.use_backend("torch"):
                 interaction_penalty(c, W, mlp).penalty.backward()
-            finally:
-                interactions._kernel["fn"] = saved
     else:
         def run():
             dense_penalty(c, W, mlp).backward()
@@ -249,7 +243,8 @@ def main() -> None:
         return
     threads = torch.get_num_threads()
     r = 3 if args.quick else 5
-    path = "fused C kernel" if interactions._penalty_kernel() is not None else "PyTorch (no C compiler)"
+    status = kernels.kernel_status()
+    path = f"fused C kernel ({status.library})" if status.backend == "c" else f"PyTorch ({status.reason})"
     print(f"torch {torch.__version__}, {threads} threads, CPU; paper geometry L={L}, D={D}, N={N}, H={H}, "
           f"k={K_TOPK}, {len(HP)} hookpoints; λ={LAMBDA:g}; medians of {r} round-robin runs; "
           f"penalty path: {path}; load average at start {os.getloadavg()[0]:.1f}\n")

@@ -15,8 +15,9 @@ from crosscoder_lib.interactions.ablation import (
 )
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions.measures import mlp_input_decoder, neuron_bias
+from crosscoder_lib.interactions.decoder import mlp_input_decoder, neuron_bias
 from crosscoder_lib.interactions.mlp import activation, apply_mlp, mlp_weights
+from crosscoder_lib.interactions.object import MLPInteractions
 
 N_BLOCKS = 2
 
@@ -115,7 +116,7 @@ def test_none_and_zero_patches_follow_their_definition(bridge, token_batches):
     _, b_dec_LD = mlp_input_decoder(cc)
     beta = neuron_bias(b_dec_LD.detach(), mlp)
     for l in range(N_BLOCKS):
-        out = scheme_resid_post(codes, cc, mlp, l, ("none", "zero"), chunk_tokens=3)
+        out = scheme_resid_post(codes, MLPInteractions.of(cc, mlp), l, ("none", "zero"), chunk_tokens=3)
         torch.testing.assert_close(out["none"], recon[:, 4 * l + 2] + apply_mlp(recon[:, 4 * l + 3], mlp, l),
                                    rtol=1e-4, atol=1e-4)
         zero = activation(beta[l], mlp.act_fn) @ mlp.W_out_LND[l] + mlp.b_out_LD[l]

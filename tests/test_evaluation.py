@@ -14,6 +14,7 @@ from crosscoder_lib.crosscoder.evaluation import (
     spliced_loss_recovered,
 )
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.lm.patching import patched_losses, positions_replaced
 from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
 
 HP = paper_hookpoints(2)
@@ -107,3 +108,22 @@ def test_loss_recovered_of_a_real_crosscoder_is_finite(bridge):
     res = spliced_loss_recovered(bridge, cc, toks, hookpoints=HP[-2:])
     assert all(torch.isfinite(torch.tensor(v)) for v in res.recovered.values())
     assert res._asdict()["loss_zero"].keys() == res.loss_splice.keys()
+
+
+def test_patched_losses_average_predictions_after_bos(bridge):
+    """The shared patched-loss loop: no hook is the clean loss, a hook that changes nothing too, a
+    zeroed resid_post changes it; predictions from BOS are left out; no batch is an error."""
+    toks = [torch.randint(5, 60, (2, 7), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+
+    def variants(tokens):
+        yield "same", [("blocks.1.hook_resid_post", lambda act, hook: positions_replaced(act, act[:, 1:], 1))]
+        yield "zero", [("blocks.1.hook_resid_post", lambda act, hook: positions_replaced(act, 0, 1))]
+
+    out = patched_losses(bridge, toks, variants, start=1, max_batches=2)
+    assert out.n_tokens == 2 * 2 * 5
+    per_tok = torch.cat([bridge(t, return_type="loss", loss_per_token=True)[:, 1:].flatten() for t in toks[:2]])
+    assert out.clean == pytest.approx(per_tok.mean().item(), rel=1e-6)
+    assert out.patched["same"] == pytest.approx(out.clean, rel=1e-6)
+    assert abs(out.patched["zero"] - out.clean) > 1e-3
+    with pytest.raises(ValueError, match="no token batches"):
+        patched_losses(bridge, [], variants, start=1)

@@ -8,14 +8,13 @@ import torch
 from crosscoder_lib.crosscoder.activations import SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
+from crosscoder_lib.interactions import kernels
+from crosscoder_lib.interactions.decoder import mlp_input_decoder, neuron_bias, neuron_weights
 from crosscoder_lib.interactions.measures import (
     dominant_share,
     feature_contributions,
     interaction_matrix,
     interaction_penalty,
-    mlp_input_decoder,
-    neuron_bias,
-    neuron_weights,
     token_interaction_scores,
 )
 from crosscoder_lib.interactions.mlp import MLPWeights, preactivation
@@ -260,14 +259,8 @@ def test_bad_inputs_are_named():
                                token_interaction_scores(codes, W_dec, mlp))
 
 
-@pytest.mark.parametrize("form", ["unweighted", "weighted"])
-def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
-    """The fast path (fused C kernel) and the fallback (chunked PyTorch) give the same penalty,
-    share and gradients, BatchTopK-style ragged codes and exact ties included."""
-    from crosscoder_lib.interactions import measures as interactions
-
-    if interactions._penalty_kernel() is None:
-        pytest.skip("no C compiler: only the PyTorch path exists here")
+def ragged_case():
+    """BatchTopK-style ragged codes (some tokens empty) with an exact tie and a feature whose G row is 0."""
     g = torch.Generator().manual_seed(7)
     mlp = random_mlp(4, seed=7)
     W_dec = torch.randn(4, 40, D, generator=g)
@@ -279,22 +272,62 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
     val[0, :2] = 0.5  # an exact tie
     W_dec[:, 30] = 0.0  # a feature whose G row is exactly 0: sign(G) = 0, so no gradient reaches it
     assert ((idx == 30) & (val > 0)).any()
+    return idx, val, W_dec, mlp
 
-    def run():
-        W = W_dec.clone().requires_grad_(True)
-        v = val.clone().requires_grad_(True)
-        stats = interaction_penalty(SparseCodes(idx, v), W, mlp, form=form)
-        stats.penalty.backward()
-        return stats.penalty.item(), stats.dominant_share.item(), W.grad, v.grad
 
-    fast = run()
-    torch.set_num_threads(3)  # the kernel splits neurons into one column range per thread
+def penalty_run(idx, val, W_dec, mlp, form, backend, threads=1):
+    """Penalty, share and gradients (W_dec, val) under ``backend`` with ``threads`` kernel threads."""
+    W = W_dec.clone().requires_grad_(True)
+    v = val.clone().requires_grad_(True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the kernel splits neurons into one column range per thread
     try:
-        fast3 = run()
+        with kernels.use_backend(backend):
+            stats = interaction_penalty(SparseCodes(idx, v), W, mlp, form=form)
+        stats.penalty.backward()
     finally:
-        torch.set_num_threads(1)
-    monkeypatch.setitem(interactions._kernel, "fn", None)
-    slow = run()
+        torch.set_num_threads(before)
+    return stats.penalty.item(), stats.dominant_share.item(), W.grad, v.grad
+
+
+def skip_without_c(backend):
+    if backend == "c" and kernels.kernel_status().backend != "c":
+        pytest.skip(f"no fused C kernel here ({kernels.kernel_status().reason}): only the PyTorch path exists")
+
+
+@pytest.mark.parametrize("backend", ["c", "torch"])
+@pytest.mark.parametrize("form", ["unweighted", "weighted"])
+def test_each_backend_matches_the_dense_formula_on_ragged_codes(form, backend):
+    """Each backend gives the dense formula's penalty, share and gradients, BatchTopK-style ragged
+    codes and exact ties included, with one thread and with three."""
+    skip_without_c(backend)
+    idx, val, W_dec, mlp = ragged_case()
+    W = W_dec.clone().requires_grad_(True)
+    v = val.clone().requires_grad_(True)
+    absp = feature_contributions(SparseCodes(idx, v), W, mlp).abs()  # [L, T, N, K]
+    dense = absp.sum(-1) - absp.amax(-1)  # amax splits an exact tie's subgradient evenly, as ours does
+    if form == "weighted":
+        dense = dense * mlp.W_out_LND.norm(dim=-1)[:, None, :]
+    ref = dense.mean()
+    ref.backward()
+    share = torch.where(absp.sum(-1) > 0, absp.amax(-1) / absp.sum(-1), 1.0).mean().item()
+    for threads in (1, 3):
+        p, s, gW, gv = penalty_run(idx, val, W_dec, mlp, form, backend, threads)
+        assert p == pytest.approx(ref.item(), rel=1e-5) and s == pytest.approx(share, rel=1e-6)
+        torch.testing.assert_close(gW, W.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gv, v.grad, rtol=1e-4, atol=1e-6)
+        assert torch.all(gW[:, 30] == 0)
+
+
+@pytest.mark.parametrize("form", ["unweighted", "weighted"])
+def test_fused_kernel_and_pytorch_paths_agree(form):
+    """The fast path (fused C kernel) and the fallback (chunked PyTorch) give the same penalty,
+    share and gradients, BatchTopK-style ragged codes and exact ties included."""
+    skip_without_c("c")
+    case = ragged_case()
+    fast = penalty_run(*case, form, "c")
+    fast3 = penalty_run(*case, form, "c", threads=3)
+    slow = penalty_run(*case, form, "torch")
     for f in (fast, fast3):
         assert f[0] == pytest.approx(slow[0], rel=1e-5) and f[1] == pytest.approx(slow[1], rel=1e-6)
         torch.testing.assert_close(f[2], slow[2], rtol=1e-4, atol=1e-6)
@@ -304,9 +337,9 @@ def test_fused_kernel_and_pytorch_paths_agree(form, monkeypatch):
 
 def test_preactivation_invariant_on_the_embedded_model():
     """SPEC §8 on embedded:clean: Σ_v p + β equals the decoded MLP input times W_in plus b_in."""
+    from crosscoder_lib.interactions.mlp import mlp_weights
     from crosscoder_lib.lm import loading
     from crosscoder_lib.lm.harvest import harvest
-    from crosscoder_lib.interactions.mlp import mlp_weights
 
     bridge = loading.load_model("embedded:clean")
     tokens = bridge.to_tokens(["Story: Tom saw a big green frog near the river.",

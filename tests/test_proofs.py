@@ -13,24 +13,22 @@ from crosscoder_lib.crosscoder.activations import SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.lm.harvest import harvest
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
-from crosscoder_lib.interactions.measures import mlp_input_decoder
+from crosscoder_lib.interactions.bound import soundness
+from crosscoder_lib.interactions.decoder import mlp_input_decoder
+from crosscoder_lib.interactions.measures import mlp_interaction_bound
 from crosscoder_lib.interactions.mlp import MLPWeights, activation, apply_mlp, mlp_weights
-from crosscoder_lib.proofs.bounds import (
+from crosscoder_lib.proofs.attention import (
     attention_change_bound,
     attention_output,
     attention_scores,
     attention_weights,
-    certified_error_bound,
-    forward_flops,
     layer_norm,
     layer_norm_change_bound,
-    ln1_decoder,
-    mlp_interaction_bound,
-    proof_length,
-    qk_split,
-    soundness,
     spectral_norm,
 )
+from crosscoder_lib.proofs.layerwise import certified_error_bound
+from crosscoder_lib.proofs.length import forward_flops, proof_length
+from crosscoder_lib.proofs.qk_split import ln1_decoder, qk_split
 
 N_BLOCKS = 2
 

@@ -37,6 +37,7 @@ import torch
 
 from crosscoder_lib.crosscoder.activations import l0 as l0_of
 from crosscoder_lib.lm.harvest import harvest
+from crosscoder_lib.lm.patching import patched_losses, positions_replaced
 
 
 class ReconstructionEval(NamedTuple):
@@ -185,49 +186,26 @@ def spliced_loss_recovered(model, crosscoder, token_batches: Iterable[torch.Tens
     if missing:
         raise ValueError(f"hookpoint(s) {missing} are not read by this crosscoder; it reads {names}")
     start = 1 if exclude_first else 0
+    device = crosscoder.W_dec_HXD.device
+
+    def variants(tokens):
+        n_seq, seq = tokens.shape
+        acts = harvest(model, tokens, names, exclude_first=exclude_first)
+        recon_BSXD = crosscoder(acts.to(device)).recon_BXD.view(n_seq, seq - start, len(names), -1)
+        for h in chosen:
+            x = names.index(h)
+            yield ("splice", h), splice_hooks(model, h, lambda act, x=x: positions_replaced(act, recon_BSXD[:, :, x], start))
+            yield ("zero", h), splice_hooks(model, h, lambda act: positions_replaced(act, 0, start))
+
     was_training = crosscoder.training
     crosscoder.eval()
-    device = crosscoder.W_dec_HXD.device
-    tot_clean, n_tok = 0.0, 0
-    tot_zero = {h: 0.0 for h in chosen}
-    tot_splice = {h: 0.0 for h in chosen}
-
-    def loss_sum(tokens, fwd_hooks) -> float:
-        per_tok = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type="loss", loss_per_token=True)
-        return float(per_tok[:, start:].sum())
-
     try:
-        for i, tokens in enumerate(token_batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            tokens = tokens.to(model.cfg.device)
-            n_seq, seq = tokens.shape
-            acts = harvest(model, tokens, names, exclude_first=exclude_first)
-            recon_BSXD = crosscoder(acts.to(device)).recon_BXD.view(n_seq, seq - start, len(names), -1)
-            tot_clean += loss_sum(tokens, [])
-            n_tok += n_seq * (seq - 1 - start)
-            for h in chosen:
-                x = names.index(h)
-
-                def to_recon(act, x=x):
-                    new = act.clone()
-                    new[:, start:] = recon_BSXD[:, :, x].to(act.device, act.dtype)
-                    return new
-
-                def to_zero(act):
-                    new = act.clone()
-                    new[:, start:] = 0
-                    return new
-
-                tot_splice[h] += loss_sum(tokens, splice_hooks(model, h, to_recon))
-                tot_zero[h] += loss_sum(tokens, splice_hooks(model, h, to_zero))
+        losses = patched_losses(model, token_batches, variants, start=start, max_batches=max_batches)
     finally:
         crosscoder.train(was_training)
-    if n_tok == 0:
-        raise ValueError("no token batches to evaluate (or sequences too short)")
-    clean = tot_clean / n_tok
-    zero = {h: v / n_tok for h, v in tot_zero.items()}
-    splice = {h: v / n_tok for h, v in tot_splice.items()}
+    clean = losses.clean
+    zero = {h: losses.patched[("zero", h)] for h in chosen}
+    splice = {h: losses.patched[("splice", h)] for h in chosen}
     recovered = {h: (zero[h] - splice[h]) / (zero[h] - clean) if zero[h] != clean else float("nan")
                  for h in chosen}
-    return SpliceEval(clean, zero, splice, recovered, "zero", n_tok)
+    return SpliceEval(clean, zero, splice, recovered, "zero", losses.n_tokens)

@@ -1,1 +1,14 @@
-"""Feature interactions inside MLPs: MLP kinds, contributions, the penalty, kernels, ablation."""
+"""Feature interactions inside MLPs (SPEC §3), one concept per module.
+
+- ``mlp``: MLP kinds and their frozen weights (the seam a gated MLP plugs into);
+- ``codes``: reading and checking a crosscoder's codes once;
+- ``decoder``: the decoder rows and bias at the MLP inputs, ``G = W_dec · W_in`` and ``β``;
+- ``engine``: the chunk plan and the passes over (block, chunk of tokens) every aggregate shares;
+- ``quantities``: dominant share, pairwise interaction matrix, per-token scores;
+- ``penalty``: the differentiable interaction penalty; ``kernels``: its fused C kernel and the
+  ONE backend setting (``auto`` | ``c`` | ``torch``);
+- ``bound``: the MLP interaction bound and the feature-wise MLP, with soundness and tightness;
+- ``object``: ``MLPInteractions.of(crosscoder, mlp)``, which holds and caches what they all read;
+- ``measures``: the same quantities as functions of ``(codes, W_dec_LHD, mlp)``;
+- ``ablation``: MLP ablation fidelity (the paper's Figure 2).
+"""

@@ -2,7 +2,7 @@
 neuron sees only some of its features.
 
 For block ``l`` and each token, the crosscoder's codes give per-feature pre-activation
-contributions ``p[t, n, v]`` (:mod:`crosscoder_lib.interactions.measures`). A *scheme* chooses, for every
+contributions ``p[t, n, v]`` (:mod:`crosscoder_lib.interactions.decoder`). A *scheme* chooses, for every
 ``(t, n)`` independently, which active features' contributions the neuron keeps:
 
 =================  ===========================================================================
@@ -22,8 +22,9 @@ reconstruction of ``blocks.l.hook_resid_mid``. With ``L`` the mean next-token lo
 
 so ``Φ(zero) = 0`` and a patch that changes nothing scores 1. Positions follow the harvest policy
 (``exclude_first``: the BOS position is neither patched nor scored), as in
-:mod:`crosscoder_lib.crosscoder.evaluation`. The dominant feature is the one of :mod:`crosscoder_lib.interactions.measures`
-(lowest slot on ties); padded slots are never features and are never dropped or kept.
+:mod:`crosscoder_lib.crosscoder.evaluation` (the loop is :func:`crosscoder_lib.lm.patching.patched_losses`).
+The dominant feature is the one of :mod:`crosscoder_lib.interactions.engine` (lowest slot on ties);
+padded slots are never features and are never dropped or kept.
 """
 
 from __future__ import annotations
@@ -32,22 +33,22 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
+from crosscoder_lib.interactions.decoder import block_contributions
+from crosscoder_lib.interactions.mlp import MLPWeights, mlp_from_preactivation
+from crosscoder_lib.interactions.object import MLPInteractions
 from crosscoder_lib.lm.harvest import harvest
 from crosscoder_lib.lm.hookpoints import resid_mid_slots
-from crosscoder_lib.interactions.measures import (
-    active_slots_first,
-    block_contributions,
-    checked_ids,
-    mlp_input_decoder,
-    neuron_bias,
-    neuron_weights,
-)
-from crosscoder_lib.interactions.mlp import MLPWeights, mlp_from_preactivation
+from crosscoder_lib.lm.patching import patched_losses, replace_hook
 
 SCHEMES = ("none", "drop_random", "drop_second", "drop_largest", "keep_largest")
 ALL_SCHEMES = SCHEMES + ("zero",)
+
+
+def _check_schemes(schemes) -> None:
+    for s in schemes:
+        if s not in ALL_SCHEMES:
+            raise ValueError(f"unknown ablation scheme {s!r}; choose one of {ALL_SCHEMES}")
 
 
 def _ranked_slots(p_TNK: torch.Tensor, n_active_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +67,10 @@ def keep_mask(p_TNK: torch.Tensor, n_active_T: torch.Tensor, scheme: str,
     """Which contributions each neuron keeps under ``scheme``: a bool ``[T, N, K]``.
 
     Token ``t``'s active features are slots ``0 … n_active_T[t] − 1`` (see
-    :func:`crosscoder_lib.interactions.measures.active_slots_first`). ``drop_random`` draws one uniform
+    :func:`crosscoder_lib.interactions.codes.read_codes`). ``drop_random`` draws one uniform
     ``u[t, n]`` per neuron from ``generator`` and drops active slot ``⌊u · a_t⌋``.
     """
-    if scheme not in ALL_SCHEMES:
-        raise ValueError(f"unknown ablation scheme {scheme!r}; choose one of {ALL_SCHEMES}")
+    _check_schemes((scheme,))
     T, N, K = p_TNK.shape
     slots_K = torch.arange(K, device=p_TNK.device)
     active = (slots_K[None, :] < n_active_T[:, None])[:, None, :].expand(T, N, K)
@@ -115,26 +115,28 @@ class AblationResult(NamedTuple):
 
 
 @torch.no_grad()
-def scheme_resid_post(codes, crosscoder, mlp: MLPWeights, block: int, schemes=ALL_SCHEMES,
+def scheme_resid_post(codes, interactions: MLPInteractions, block: int, schemes=ALL_SCHEMES,
                       generator: torch.Generator | None = None, recon_BXD: torch.Tensor | None = None,
                       chunk_tokens: int = 256) -> dict[str, torch.Tensor]:
     """Scheme -> patched ``resid_post`` ``[T, D]`` of ``block`` for tokens with ``codes`` (see module docstring).
 
-    ``recon_BXD`` (the crosscoder's reconstruction of these codes) is decoded when not given.
+    ``interactions``: ``MLPInteractions.of(crosscoder, mlp)`` (its ``G`` and ``β`` are reused over
+    calls). ``recon_BXD`` (the crosscoder's reconstruction of these codes) is decoded when not given.
     Work is chunked over tokens, so memory is ``chunk_tokens · N · K`` plus ``T · N`` per scheme.
     """
-    for s in schemes:
-        if s not in ALL_SCHEMES:
-            raise ValueError(f"unknown ablation scheme {s!r}; choose one of {ALL_SCHEMES}")
-    W_dec_LHD, b_dec_LD = mlp_input_decoder(crosscoder)
-    W_dec_LHD = W_dec_LHD.detach()
-    mlp = mlp.to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
-    one = slice(block, block + 1)
-    G_HN = neuron_weights(W_dec_LHD[one], mlp.select(one))[0]
-    beta_N = neuron_bias(b_dec_LD[one].detach(), mlp.select(one))[0]
-    idx_BK, val_BK = codes.idx_BK, codes.val_BK.to(G_HN.dtype)
-    idx_BK = checked_ids(idx_BK, val_BK, G_HN.shape[0])
-    idx_BK, val_BK = active_slots_first(idx_BK, val_BK)
+    _check_schemes(schemes)
+    crosscoder = interactions.crosscoder
+    if crosscoder is None:
+        raise ValueError("ablation patches the crosscoder's resid_mid reconstruction: build the interactions "
+                         "with MLPInteractions.of(crosscoder, mlp)")
+    if len(interactions.G) != 1:
+        raise TypeError(f"ablation recomputes an MLP from one pre-activation per neuron; a {interactions.mlp.kind} "
+                        f"MLP has {len(interactions.G)}")
+    W_dec_LHD = interactions.W_dec_LHD
+    mlp = interactions.mlp.to(device=W_dec_LHD.device, dtype=W_dec_LHD.dtype)
+    G_HN, beta_N = interactions.G[0][block], interactions.beta[0][block]
+    idx_BK, val_BK = interactions.read(codes)
+    val_BK = val_BK.to(G_HN.dtype)
     n_active_T = (val_BK != 0).sum(1)
     T = idx_BK.shape[0]
     z = {s: beta_N.expand(T, -1).clone() for s in schemes}
@@ -169,49 +171,30 @@ def ablation_fidelity(bridge, crosscoder, mlp: MLPWeights, token_batches: Iterab
     bad = [b for b in blocks if not 0 <= b < n_blocks]
     if bad:
         raise ValueError(f"block(s) {bad} out of range: the crosscoder's hookpoints cover blocks 0…{n_blocks - 1}")
-    schemes = tuple(s for s in schemes if s != "zero")
-    run_schemes = schemes + ("zero",)
+    run_schemes = tuple(s for s in schemes if s != "zero") + ("zero",)
     start = 1 if exclude_first else 0
     generator = torch.Generator().manual_seed(seed)
-    device = crosscoder.W_dec_HXD.device
+    interactions = MLPInteractions.of(crosscoder, mlp)
+
+    def variants(tokens):
+        n_seq, seq = tokens.shape
+        acts = harvest(bridge, tokens, names, exclude_first=exclude_first).to(crosscoder.W_dec_HXD.device)
+        codes = crosscoder.encode(acts)
+        recon = crosscoder.decode(codes)
+        for b in blocks:
+            for s, post_TD in scheme_resid_post(codes, interactions, b, run_schemes, generator, recon).items():
+                yield (b, s), [(f"blocks.{b}.hook_resid_post", replace_hook(post_TD.view(n_seq, seq - start, -1), start))]
+
     was_training = crosscoder.training
     crosscoder.eval()
-    totals = {b: {s: 0.0 for s in run_schemes} for b in blocks}
-    total_model, n_tok = 0.0, 0
-
-    def loss_sum(tokens, fwd_hooks) -> float:
-        per_tok = bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, return_type="loss", loss_per_token=True)
-        return float(per_tok[:, start:].sum())
-
     try:
-        batches = token_batches if max_batches is None else (b for i, b in zip(range(max_batches), token_batches))
-        for tokens in tqdm(batches, desc="ablation", disable=not progress, total=max_batches):
-            tokens = tokens.to(bridge.cfg.device)
-            n_seq, seq = tokens.shape
-            acts = harvest(bridge, tokens, names, exclude_first=exclude_first).to(device)
-            codes = crosscoder.encode(acts)
-            recon = crosscoder.decode(codes)
-            total_model += loss_sum(tokens, [])
-            n_tok += n_seq * (seq - 1 - start)
-            for b in blocks:
-                patched = scheme_resid_post(codes, crosscoder, mlp, b, run_schemes, generator, recon)
-                for s, post_TD in patched.items():
-                    post_BSD = post_TD.view(n_seq, seq - start, -1)
-
-                    def patch(act, hook, new=post_BSD):
-                        out = act.clone()
-                        out[:, start:] = new.to(act.device, act.dtype)
-                        return out
-
-                    totals[b][s] += loss_sum(tokens, [(f"blocks.{b}.hook_resid_post", patch)])
+        losses = patched_losses(bridge, token_batches, variants, start=start, max_batches=max_batches,
+                                progress=progress, desc="ablation")
     finally:
         crosscoder.train(was_training)
-    if n_tok == 0:
-        raise ValueError("no token batches to evaluate (or sequences too short)")
-    loss_model = total_model / n_tok
     results = []
     for b in blocks:
-        loss = {s: v / n_tok for s, v in totals[b].items()}
-        phi = {s: fidelity(loss[s], loss_model, loss["zero"]) for s in run_schemes}
-        results.append(AblationResult(b, loss_model, loss, phi, n_tok, seed))
+        loss = {s: losses.patched[(b, s)] for s in run_schemes}
+        phi = {s: fidelity(loss[s], losses.clean, loss["zero"]) for s in run_schemes}
+        results.append(AblationResult(b, losses.clean, loss, phi, losses.n_tokens, seed))
     return results

@@ -1,13 +1,31 @@
-"""The frozen MLP weights of a transformer, read so that they act on the MLP-input hookpoint.
+"""MLP kinds: the frozen MLP weights of a transformer, read so that they act on the MLP-input hookpoint.
 
 SPEC §2: block ``l`` computes ``MLP(n2) = σ(n2 W_in + b_in) W_out + b_out`` on
-``n2 = blocks.l.ln2.hook_normalized``. Everything in :mod:`crosscoder_lib.interactions.measures`,
-:mod:`crosscoder_lib.interactions.ablation` and :mod:`crosscoder_lib.proofs.bounds` multiplies crosscoder decoder
+``n2 = blocks.l.ln2.hook_normalized``. Every interaction quantity multiplies crosscoder decoder
 rows at that hookpoint by ``W_in``, so ``W_in`` must be the matrix that multiplies *exactly* the
 vector stored at ``ln2.hook_normalized`` (SPEC §8's first invariant). In TransformerLens's
 compatibility mode the LayerNorm scale and bias are folded into ``W_in``/``b_in`` and
 ``hook_normalized`` is the un-scaled normalised vector, so the bridge's ``W_in`` is the right one;
 :func:`verify_mlp_weights` checks it on real activations and says what is wrong when it is not.
+
+**The kind of an MLP** is what the shared interaction engine needs from it, and nothing else:
+
+- ``input_weights()``: the matrices ``[L, D, N]`` whose products ``G_m = W_dec · W_m`` with the
+  decoder rows give each neuron's per-feature contributions (standard: ``(W_in,)``), and
+  ``input_biases()`` their biases;
+- ``combined(G)``: from those products, the matrix whose magnitude ``|G|`` ranks features at a
+  neuron and that the engine and the fused C kernel consume (standard: ``G_in`` itself, the kernel
+  takes ``|·|``), and ``chain(grad, G)``: the gradient with respect to each ``G_m`` given the one
+  with respect to ``combined(G)`` (standard: unchanged);
+- ``W_out_norms_LN()``: ``‖W_out[l][k]‖``, a neuron's reach into the residual stream;
+- ``act_fn`` and ``kind`` (a name), which select the feature-wise explanation and its bound in
+  :mod:`crosscoder_lib.interactions.bound`.
+
+A gated MLP ``(act(u W_gate) ⊙ (u W_up)) W_down`` is one more kind (a NamedTuple beside
+:class:`MLPWeights` with ``input_weights() = (W_gate, W_up)``, ``combined(G) = |G_gate| + |G_up|``,
+``chain(grad, G) = (grad·sign(G_gate), grad·sign(G_up))``, norms of ``W_down``) plus one entry in
+the bound's table of feature-wise explanations; the engine, the penalty and the kernel are reused
+unchanged.
 """
 
 from __future__ import annotations
@@ -56,12 +74,12 @@ def lipschitz(act_fn: str) -> float:
     ends = slope(torch.tensor([-20.0, -19.0, 19.0, 20.0], dtype=torch.float64))
     if abs(ends[0] - ends[1]) > 1e-6 or abs(ends[3] - ends[2]) > 1e-6 or ends.max() > best:
         raise ValueError(f"activation {act_fn!r} has no global Lipschitz constant (its slope keeps "
-                         "changing at |z| = 20); the bounds of crosscoder_lib.proofs.bounds need one")
+                         "changing at |z| = 20); the interaction bounds need one")
     return math.nextafter(best * (1 + 1e-9), math.inf)
 
 
 class MLPWeights(NamedTuple):
-    """Frozen MLP weights of every block, acting on ``blocks.l.ln2.hook_normalized``.
+    """Frozen weights of every block of a standard MLP, acting on ``blocks.l.ln2.hook_normalized``.
 
     ``MLP_l(n2) = σ(n2 @ W_in_LDN[l] + b_in_LN[l]) @ W_out_LND[l] + b_out_LD[l]``.
     """
@@ -73,6 +91,11 @@ class MLPWeights(NamedTuple):
     act_fn: str  # a key of transformers' ACT2FN, as in the bridge's cfg.act_fn
 
     @property
+    def kind(self) -> str:
+        """The MLP kind (module docstring): ``"standard"``, ``σ(u W_in + b_in) W_out + b_out``."""
+        return "standard"
+
+    @property
     def n_blocks(self) -> int:
         return self.W_in_LDN.shape[0]
 
@@ -80,6 +103,24 @@ class MLPWeights(NamedTuple):
     def lipschitz(self) -> float:
         """``Lip(σ)`` of this MLP's activation (see :func:`lipschitz`)."""
         return lipschitz(self.act_fn)
+
+    def input_weights(self) -> tuple[torch.Tensor, ...]:
+        """The matrices multiplying the MLP input: ``(W_in_LDN,)``."""
+        return (self.W_in_LDN,)
+
+    def input_biases(self) -> tuple[torch.Tensor, ...]:
+        """Their biases: ``(b_in_LN,)``."""
+        return (self.b_in_LN,)
+
+    @staticmethod
+    def combined(G: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The matrix whose magnitude ranks features at a neuron: ``G_in`` itself."""
+        return G[0]
+
+    @staticmethod
+    def chain(grad: torch.Tensor, G: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The gradient with respect to each ``G_m`` from the one with respect to :meth:`combined`."""
+        return (grad,)
 
     def W_out_norms_LN(self) -> torch.Tensor:
         """``‖W_out[l][k]‖``: how far neuron ``k`` of block ``l`` can move the residual stream per unit."""

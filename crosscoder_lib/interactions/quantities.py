@@ -1,0 +1,99 @@
+"""The aggregates of the MLP interaction term: dominant share, pairwise matrix, per-token scores.
+
+SPEC §3, over each token's active features only (:mod:`.engine`'s passes). Every function takes
+codes already read (:func:`crosscoder_lib.interactions.codes.read_codes`), the magnitudes
+``|G_LHN|`` and, where a neuron's reach into the residual stream weighs in, ``w_LN = ‖W_out[l][n]‖``
+(which turns a pre-activation error into a residual-stream error bound, SPEC §3's bound);
+:class:`crosscoder_lib.interactions.object.MLPInteractions` supplies and caches them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from crosscoder_lib.interactions.codes import ActiveCodes
+from crosscoder_lib.interactions.engine import make_plan, passes, share_sum
+
+
+class InteractionMatrix(NamedTuple):
+    """Pairwise interactions of :func:`interaction_matrix`."""
+
+    per_block_LHH: torch.Tensor
+    """``M_l[i, j]``, averaged over tokens, one matrix per block."""
+    total_HH: torch.Tensor
+    """``M[i, j] = Σ_l M_l[i, j]``."""
+    n_tokens: int
+    """Tokens averaged over (to merge results of several batches: weight each by it)."""
+
+
+class TokenScores(NamedTuple):
+    """Per-token interaction scores of :func:`token_interaction_scores`."""
+
+    per_block_LT: torch.Tensor
+    """``T_l(t) = Σ_n ‖W_out[l][n]‖ (Σ_v |p| − max_v |p|)``."""
+    total_T: torch.Tensor
+    """``T(t) = Σ_l T_l(t)``."""
+
+
+def _plan(active: ActiveCodes, absG_LHN: torch.Tensor, chunk_tokens: int | None):
+    vabs_BK = active.val_BK.detach().abs().to(absG_LHN.dtype)
+    return make_plan(active.idx_BK, vabs_BK, absG_LHN.shape[2], chunk_tokens)
+
+
+@torch.no_grad()
+def dominant_share(active: ActiveCodes, absG_LHN: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean over ``(l, t, n)`` of ``max_v |p[l,t,n,v]| / Σ_v |p[l,t,n,v]|`` (1 where the sum is 0).
+
+    In ``[1/a_t, 1]`` for a token with ``a_t`` active features; 1 when one feature is active.
+    """
+    L, _, N = absG_LHN.shape
+    total = sum(share_sum(c.sum_cN, c.max_cN) for c in passes(_plan(active, absG_LHN, chunk_tokens), absG_LHN))
+    return total / (L * active.idx_BK.shape[0] * N)
+
+
+@torch.no_grad()
+def interaction_matrix(active: ActiveCodes, absG_LHN: torch.Tensor, w_LN: torch.Tensor,
+                       chunk_tokens: int | None = None) -> InteractionMatrix:
+    """Pairwise interactions ``M_l[i, j] = (1/T) Σ_t Σ_n [i dominant at (l,t,n)] ‖W_out[l][n]‖ |p[l,t,n,j]|``.
+
+    Summed over ``j ≠ i`` active at ``t``, accumulated over every neuron that shares the dominant
+    feature ``i`` (never overwritten), averaged over the ``T`` tokens, per block and summed over
+    blocks. Per token the neuron sum is a ``[K, N] @ [N, K]`` product (dominant-slot one-hot times
+    weighted ``|p|``), so cost is ``O(T·K²·N)`` and only ``T·K²`` entries are scattered (index_add).
+    """
+    L, H, N = absG_LHN.shape
+    B, K = active.idx_BK.shape
+    M_LHH = torch.zeros(L, H, H, dtype=absG_LHN.dtype, device=absG_LHN.device)
+    active_BK = active.val_BK != 0
+    onehot = None
+    for c in passes(_plan(active, absG_LHN, chunk_tokens), absG_LHN, dominant=True):
+        n, k = c.idx_cK.shape
+        if onehot is None or onehot.numel() < n * k * N:
+            onehot = absG_LHN.new_empty(n * K * N)
+        slots = torch.arange(k, device=absG_LHN.device)
+        # dom[t, a, n] = w_n · [slot a is dominant at (t, n)]
+        dom = onehot[: n * k * N].view(n, k, N)
+        dom.copy_(c.dominant_cN[:, None, :].expand(n, k, N)).sub_(slots[None, :, None]).eq_(0).mul_(w_LN[c.block])
+        pair_cKK = torch.bmm(dom, c.absp_cKN.transpose(1, 2))  # [t, dominant slot a, other slot j]
+        act = active_BK[c.tokens, :k]
+        keep = (slots[:, None] != slots[None, :])[None] & act[:, None, :] & act[:, :, None]
+        flat = (c.idx_cK[:, :, None] * H + c.idx_cK[:, None, :])[keep]
+        M_LHH[c.block].view(-1).index_add_(0, flat, pair_cKK[keep])
+    M_LHH /= max(B, 1)
+    return InteractionMatrix(per_block_LHH=M_LHH, total_HH=M_LHH.sum(0), n_tokens=B)
+
+
+@torch.no_grad()
+def token_interaction_scores(active: ActiveCodes, absG_LHN: torch.Tensor, w_LN: torch.Tensor,
+                             chunk_tokens: int | None = None) -> TokenScores:
+    """Per-token interaction ``T(t) = Σ_l Σ_n ‖W_out[l][n]‖ Σ_{j≠i} |p[l,t,n,j]|`` (i dominant at (l,t,n)).
+
+    ``Σ_{j≠i} |p| = Σ_v |p| − max_v |p|``; ``Lip(σ)·T(t)`` bounds the summed MLP interaction error
+    of token ``t`` over blocks (SPEC §3).
+    """
+    scores_LT = absG_LHN.new_zeros(absG_LHN.shape[0], active.idx_BK.shape[0])
+    for c in passes(_plan(active, absG_LHN, chunk_tokens), absG_LHN):
+        scores_LT[c.block, c.tokens] = (c.sum_cN - c.max_cN) @ w_LN[c.block]
+    return TokenScores(per_block_LT=scores_LT, total_T=scores_LT.sum(0))
