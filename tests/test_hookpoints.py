@@ -6,6 +6,7 @@ import pytest
 
 from crosscoder_lib.lm.hookpoints import (
     hook_block,
+    hookpoint_blocks,
     last_block_needed,
     mlp_input_slots,
     paper_hookpoints,
@@ -63,3 +64,13 @@ def test_validate_against_a_model():
 
     with pytest.raises(ValueError, match="blocks.0.hook_resid_pre"):
         validate_hookpoints(["blocks.7.hook_resid_pre"], FakeModel())
+
+
+def test_paper_hookpoints_window_of_a_deeper_model():
+    h = paper_hookpoints(4, first_block=8)
+    assert h[0] == "blocks.8.hook_resid_pre" and h[-1] == "blocks.11.hook_resid_post" and len(h) == 17
+    assert hookpoint_blocks(h) == [8, 9, 10, 11]
+    assert mlp_input_slots(h) == [3, 7, 11, 15]
+    assert paper_hookpoints(4, first_block=0) == paper_hookpoints(4)
+    with pytest.raises(ValueError, match="first_block"):
+        paper_hookpoints(4, first_block=-1)

@@ -22,12 +22,22 @@ BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_normalized", "hook_resid_mid", "ln2.h
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def paper_hookpoints(n_blocks: int) -> list[str]:
-    """The paper's hookpoints for an ``n_blocks``-block model: 4 per block, then the last resid_post."""
+def paper_hookpoints(n_blocks: int, first_block: int = 0) -> list[str]:
+    """The paper's hookpoints for ``n_blocks`` consecutive blocks from ``first_block``: 4 per block,
+    then the last block's resid_post (``paper_hookpoints(4, first_block=8)`` reads blocks 8-11 of a
+    deeper model)."""
     if n_blocks < 1:
         raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
-    names = [f"blocks.{l}.{h}" for l in range(n_blocks) for h in BLOCK_HOOKS]
-    return names + [f"blocks.{n_blocks - 1}.hook_resid_post"]
+    if first_block < 0:
+        raise ValueError(f"first_block must be >= 0, got {first_block}")
+    blocks = range(first_block, first_block + n_blocks)
+    names = [f"blocks.{l}.{h}" for l in blocks for h in BLOCK_HOOKS]
+    return names + [f"blocks.{blocks[-1]}.hook_resid_post"]
+
+
+def hookpoint_blocks(hookpoints: list[str]) -> list[int]:
+    """The blocks whose MLP the hookpoints' MLP-input slots feed, in slot order (``[8, 9, 10, 11]``)."""
+    return [hook_block(hookpoints[i]) for i in mlp_input_slots(hookpoints)]
 
 
 def hook_block(name: str) -> int | None:
