@@ -49,6 +49,8 @@ def test_batchtopk_training_selects_k_times_batch_and_learns_threshold():
     pre = _pre(B=16, H=64).abs() + 0.01  # all positive: exactly k·B survive
     with torch.enable_grad():
         codes = act(pre.requires_grad_())
+    assert int(act.n_threshold_updates) == 0  # staged only: the trainer commits a good step
+    act.commit_step()
     assert int(l0(codes).sum()) == 4 * 16
     kept = codes.val_BK[codes.val_BK > 0]
     assert torch.isclose(act.threshold, kept.min())
@@ -56,6 +58,7 @@ def test_batchtopk_training_selects_k_times_batch_and_learns_threshold():
     # no update without gradients (evaluation inside a training loop)
     with torch.no_grad():
         act(pre * 10)
+    act.commit_step()
     assert int(act.n_threshold_updates) == 1
 
 
@@ -64,6 +67,7 @@ def test_batchtopk_inference_is_batch_independent():
     act.train()
     for s in range(50):
         act(_pre(B=64, seed=s).requires_grad_())
+        act.commit_step()
     act.eval()
     pre = _pre(B=64, seed=99)
     together = codes_to_dense(act(pre), 64)
@@ -81,11 +85,13 @@ def test_batchtopk_threshold_tracks_recent_batches():
     act.train()
     for s in range(100):
         act((_pre(seed=s) * (1 if s < 50 else 5)).requires_grad_())
+        act.commit_step()
     late_min = act.threshold.item()
     fresh = BatchTopK(k=2, beta=0.9)
     fresh.train()
     for s in range(60, 100):
         fresh((_pre(seed=s) * 5).requires_grad_())
+        fresh.commit_step()
     assert abs(late_min - fresh.threshold.item()) / fresh.threshold.item() < 0.05
 
 

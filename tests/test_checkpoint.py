@@ -85,3 +85,52 @@ def test_missing_pieces(tmp_path):
     (tmp_path / "cc" / "crosscoder.json").unlink()
     with pytest.raises(CheckpointError, match="JSON config must sit beside"):
         load_crosscoder(tmp_path / "cc")
+
+
+def test_short_truncated_and_corrupt_files_are_named_without_pickle_advice(tmp_path):
+    """On the code before the fix a 2-byte file got pickle-conversion advice, a truncated file and
+    corrupt JSON raised raw SafetensorError / JSONDecodeError, and a flipped bit loaded silently."""
+    from crosscoder_lib.files import read_json, read_tensors, write_tensors
+
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError) as err:
+        read_tensors(tmp_path / "tiny.safetensors")
+    assert "tiny.safetensors is truncated: 2 bytes" in str(err.value) and "torch.load" not in str(err.value)
+    write_tensors({"x": torch.arange(10.0)}, tmp_path / "t.safetensors")
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-7])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is truncated or corrupt: its header describes "
+                                              rf"{len(data)} bytes, the file holds {len(data) - 7}"):
+        read_tensors(tmp_path / "cut.safetensors")
+    (tmp_path / "bad.json").write_text('{"step": 3, "metr')
+    with pytest.raises(CheckpointError, match="bad.json is not valid JSON"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(CheckpointError, match="nowhere.json does not exist"):
+        read_json(tmp_path / "nowhere.json")
+
+
+def test_a_flipped_bit_in_a_saved_crosscoder_is_detected(tmp_path):
+    save_crosscoder(_trained_like(), tmp_path / "cc")
+    weights = tmp_path / "cc" / "crosscoder.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="crosscoder.safetensors does not match the checksum"):
+        load_crosscoder(tmp_path / "cc")
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        load_weights_into(_trained_like(), tmp_path / "cc")
+
+
+def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path, monkeypatch):
+    from crosscoder_lib import files
+
+    files.write_json({"a": 1}, tmp_path / "x.json", durable=True)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "save_file", fail)
+    with pytest.raises(OSError):
+        files.write_tensors({"x": torch.ones(3)}, tmp_path / "x.json")  # a failed write replaces nothing
+    assert files.read_json(tmp_path / "x.json") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

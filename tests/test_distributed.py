@@ -33,7 +33,8 @@ from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.crosscoder.persistence import load_crosscoder
 from crosscoder_lib.lm.loading import save_random_tinystories_like
 from crosscoder_lib.interactions.mlp import MLPWeights
-from crosscoder_lib.crosscoder.training import TrainConfig, main, train
+from crosscoder_lib.cli import main
+from crosscoder_lib.crosscoder.training import RunOptions, TrainConfig, train
 
 HP = ["blocks.0.hook_resid_pre", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post"]
 RTOL_WEIGHTS = 1e-5
@@ -62,9 +63,11 @@ def _world():
 def _configs(lam: float):
     # dead_steps=3: AuxK (and its global normaliser) is active from step 3 on.
     cc = CrosscoderConfig(hookpoints=HP, d_model=16, n_features=64, k=3, dead_steps=3)
-    tc = TrainConfig(n_steps=30, batch_size=64, lr=3e-3, progress=False, log_every=5,
-                     checkpoint_every=0, lambda_int=lam)
+    tc = TrainConfig(n_steps=30, batch_size=64, lr=3e-3, lambda_int=lam)
     return cc, tc
+
+
+OPTIONS = RunOptions(progress=False, log_every=5, checkpoint_every=0)
 
 
 def _worker(rank: int, world_size: int, port: int, out: str) -> None:
@@ -79,14 +82,14 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             cc_cfg, tcfg = _configs(lam)
             # stopped at step 12 and resumed from rank 0's checkpoint, read by both ranks
             ckpt = Path(out) / f"run_{lam:g}"
-            train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp, out_dir=ckpt, stop_at_step=12)
-            r = train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp, out_dir=ckpt)
+            train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp, out_dir=ckpt, stop_at_step=12, options=OPTIONS)
+            r = train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp, out_dir=ckpt, options=OPTIONS)
             assert type(r.crosscoder.activation).__name__ == "BatchTopK"  # the sharded one is swapped out
             write_tensors(r.crosscoder.state_dict(), Path(out) / f"rank{rank}_lambda{lam:g}.safetensors")
             if rank == 0:
                 (Path(out) / f"metrics_lambda{lam:g}.json").write_text(json.dumps(r.metrics))
         try:
-            train(TrainConfig(batch_size=63, n_steps=1, progress=False), acts, crosscoder=_configs(0.0)[0])
+            train(TrainConfig(batch_size=63, n_steps=1), acts, crosscoder=_configs(0.0)[0], options=OPTIONS)
         except ValueError as err:
             (Path(out) / f"error{rank}.txt").write_text(str(err))
     finally:
@@ -121,7 +124,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     acts, mlp = _world()
     for lam in (0.0, 5.0):
         cc_cfg, tcfg = _configs(lam)
-        r = train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp)
+        r = train(tcfg, acts, crosscoder=cc_cfg, mlp=mlp, options=OPTIONS)
         rank0 = read_tensors(tmp_path / f"rank0_lambda{lam:g}.safetensors")
         rank1 = read_tensors(tmp_path / f"rank1_lambda{lam:g}.safetensors")
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # ranks never drift apart
@@ -141,17 +144,17 @@ def test_torchrun_command_line_lambda_sweep_equals_one_process(tmp_path):
               "data": {"n_texts": 40, "context_len": 16, "batch_size": 5},
               "buffer": {"capacity_tokens": 256},
               "crosscoder": {"n_features": 32, "k": 4, "dead_steps": 3},
-              "train": {"n_steps": 12, "batch_size": 32, "lr": 1e-3, "progress": False, "n_norm_batches": 1,
-                        "log_every": 4, "checkpoint_every": 0, "lambda_int": [0, 10]}}
+              "train": {"n_steps": 12, "batch_size": 32, "lr": 1e-3, "n_norm_batches": 1, "lambda_int": [0, 10]},
+              "options": {"progress": False, "log_every": 4, "checkpoint_every": 0}}
     for name in ("single", "ddp"):
         Path(tmp_path, f"{name}.json").write_text(json.dumps(config | {"out_dir": str(tmp_path / name)}))
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), "-m", "crosscoder_lib.crosscoder.training",
+                           "--master_port", str(_free_port()), "-m", "crosscoder_lib.cli", "train",
                            str(tmp_path / "ddp.json")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert main([str(tmp_path / "single.json")]) == 0
+    assert main(["train", str(tmp_path / "single.json")]) == 0
     single = json.loads((tmp_path / "single" / "sweep.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "sweep.json").read_text())
     assert [r["lambda_int"] for r in ddp] == [0, 10] and "dominant_share" in ddp[1]

@@ -115,3 +115,20 @@ def test_buffer_disk_cache_reused(bridge, tmp_path):
     assert len(calls) == 4  # only the changed batch is harvested again
     with pytest.raises(ValueError, match="was written for"):
         next(iter(ActivationBuffer(bridge, batches, HP[:3], cache_dir=tmp_path / "cache")))
+
+
+def test_buffer_cache_is_keyed_by_the_model(bridge, tmp_path):
+    """Another model with the same shape reads the same tokens: on the code before the fix its buffer
+    served the first model's cached activations."""
+    other = load_model(save_random_tinystories_like(tmp_path / "other", d_model=32, d_mlp=64, context_len=32,
+                                                    seed=1))
+    batches = [_tokens(seed=s) for s in range(2)]
+    list(ActivationBuffer(bridge, batches, HP, batch_size=16, capacity_tokens=64, cache_dir=tmp_path / "cache"))
+    with pytest.raises(ValueError, match="was written for another model_sha256"):
+        next(iter(ActivationBuffer(other, batches, HP, batch_size=16, capacity_tokens=64,
+                                   cache_dir=tmp_path / "cache")))
+    # its own cache holds its own activations
+    got = torch.cat(list(ActivationBuffer(other, batches, HP, batch_size=16, capacity_tokens=64, seed=0,
+                                          cache_dir=tmp_path / "cache_other")))
+    want = torch.cat(list(ActivationBuffer(other, batches, HP, batch_size=16, capacity_tokens=64, seed=0)))
+    assert torch.equal(got, want)

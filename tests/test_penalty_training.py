@@ -21,7 +21,7 @@ from crosscoder_lib.interactions.measures import (
 )
 from crosscoder_lib.interactions.mlp import mlp_weights
 from crosscoder_lib.world.tokenizer import BOS_ID
-from crosscoder_lib.crosscoder.training import TrainConfig, train
+from crosscoder_lib.crosscoder.training import RunOptions, TrainConfig, train
 
 N_BLOCKS = 6
 HOOKPOINTS = paper_hookpoints(N_BLOCKS)
@@ -64,8 +64,9 @@ def test_lambda_raises_dominant_share_at_a_stated_reconstruction_cost(world):
     mlp, train_acts, test_acts = world
     results = {}
     for lam in (0.0, 1000.0):
-        cfg = TrainConfig(n_steps=100, batch_size=128, lr=3e-3, lambda_int=lam, progress=False, log_every=50)
-        run = train(cfg, train_acts, crosscoder=crosscoder_config(), mlp=mlp)
+        cfg = TrainConfig(n_steps=100, batch_size=128, lr=3e-3, lambda_int=lam)
+        run = train(cfg, train_acts, crosscoder=crosscoder_config(), mlp=mlp,
+                    options=RunOptions(progress=False, log_every=50))
         cc = run.crosscoder.eval()
         with torch.no_grad():
             W_dec_LHD, _ = mlp_input_decoder(cc)

@@ -63,13 +63,11 @@ def l0(codes: SparseCodes) -> torch.Tensor:
 
 
 class Activation(nn.Module):
-    """Base class: ``forward(pre_BH) -> SparseCodes``.
+    """Base class: ``forward(pre_BH) -> SparseCodes``."""
 
-    ``sparse_family`` says whether codes carry few active features per token (TopK family), so
-    decoding through them beats the dense matrix product.
-    """
-
-    sparse_family: bool = False
+    def commit_step(self) -> None:
+        """Apply the state update staged by the last training forward (BatchTopK's threshold); the
+        trainer calls it once the step is known good. Nothing to do for stateless activations."""
 
     def sparsity_penalty(self, pre_BH: torch.Tensor, codes: SparseCodes,
                          dec_norm_H: torch.Tensor) -> torch.Tensor:
@@ -79,8 +77,6 @@ class Activation(nn.Module):
 
 class TopK(Activation):
     """Per token, keep the ``k`` largest pre-activations (after ReLU, so values are ≥ 0)."""
-
-    sparse_family = True
 
     def __init__(self, k: int):
         super().__init__()
@@ -94,16 +90,16 @@ class TopK(Activation):
 class BatchTopK(Activation):
     """Keep the ``k·B`` largest (positive) pre-activations of the batch; threshold at inference.
 
-    While training (module in train mode with gradients on) every call also updates the buffer
-    ``threshold``, a running estimate of the smallest value the batch selection kept (as
+    While training (module in train mode with gradients on) every call also stages an update of
+    the buffer ``threshold``, a running estimate of the smallest value the batch selection kept (as
     dictionary_learning and SAELens do): the plain mean of the batch minima for the first
     ``1/(1-beta)`` updates, an exponential moving average with factor ``beta`` after that, so it
-    follows the model as it trains. In eval mode with ``inference="threshold"`` each token keeps its
-    pre-activations above ``threshold``, independently of the batch, which gives L0 ≈ k on data
-    like the training data.
+    follows the model as it trains. :meth:`commit_step` applies the staged update: the trainer
+    calls it after the optimiser step, so a step refused for a non-finite loss (huge activations)
+    leaves the threshold where the last good step put it. In eval mode with
+    ``inference="threshold"`` each token keeps its pre-activations above ``threshold``,
+    independently of the batch, which gives L0 ≈ k on data like the training data.
     """
-
-    sparse_family = True
 
     def __init__(self, k: int, inference: str = "threshold", beta: float = 0.99):
         super().__init__()
@@ -111,6 +107,7 @@ class BatchTopK(Activation):
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("n_threshold_updates", torch.zeros((), dtype=torch.long))
         self._warned = False
+        self._staged_min: torch.Tensor | None = None
 
     def forward(self, pre_BH: torch.Tensor) -> SparseCodes:
         use_batch = self.training or self.inference == "batch"
@@ -127,20 +124,25 @@ class BatchTopK(Activation):
             kept_vals, kept_idx = flat.topk(n_keep, sorted=False)
             a_BH = torch.zeros_like(flat).scatter(0, kept_idx, kept_vals).view_as(pre_BH)
             if self.training and torch.is_grad_enabled():
-                self._update_threshold(kept_vals.detach())
+                self._stage_threshold(kept_vals.detach())
         else:
             a_BH = pre_BH * (pre_BH > self.threshold.clamp_min(0))
         return dense_to_codes(a_BH)
 
     @torch.no_grad()
-    def _update_threshold(self, kept_vals: torch.Tensor) -> None:
+    def _stage_threshold(self, kept_vals: torch.Tensor) -> None:
         positive = kept_vals[kept_vals > 0]
-        if positive.numel() == 0:
+        self._staged_min = positive.min() if positive.numel() else None
+
+    @torch.no_grad()
+    def commit_step(self) -> None:
+        if self._staged_min is None:
             return
         n = int(self.n_threshold_updates)
         beta = min(self.beta, n / (n + 1))  # running mean first: no memory of an arbitrary start
-        self.threshold.mul_(beta).add_((1 - beta) * positive.min())
+        self.threshold.mul_(beta).add_((1 - beta) * self._staged_min)
         self.n_threshold_updates += 1
+        self._staged_min = None
 
 
 class ReLU(Activation):

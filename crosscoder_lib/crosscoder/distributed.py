@@ -1,7 +1,7 @@
 """Data-parallel training over ``torch.distributed`` (``torchrun``), and its single-process twin.
 
-The same run-config file trains on one process (``crosscoder-train run.json``) or on several
-(``torchrun --nproc_per_node 4 -m crosscoder_lib.crosscoder.training run.json``); with the same global batch
+The same run-config file trains on one process (``crosscoder train run.json``) or on several
+(``torchrun --nproc_per_node 4 -m crosscoder_lib.cli train run.json``); with the same global batch
 and seed both give the same crosscoder up to float round-off (``tests/test_distributed.py``). How:
 
 - **One global batch, split.** ``TrainConfig.batch_size`` is the *global* batch ``B``; it must be
@@ -13,8 +13,8 @@ and seed both give the same crosscoder up to float round-off (``tests/test_distr
   of the union) and keeps its pre-activations ``≥ τ`` (:class:`ShardedBatchTopK`; ties at ``τ``,
   which have probability zero for continuous pre-activations, would all be kept). Its inference
   threshold is updated from the same global values. AuxK's normaliser (the residual's variance over
-  the batch), the FVU's variance, the dead-feature tracker and the non-finite checks are reduced
-  over all ranks. Per-token means (reconstruction, AuxK numerator, penalty, sparsity) are taken over
+  the batch), the FVU's variance, the dead-feature tracker, the non-finite checks and the stop
+  flag of an interrupt are reduced over all ranks. Per-token means (reconstruction, AuxK numerator, penalty, sparsity) are taken over
   the shard; with equal shards their average over ranks is the global mean, so averaging gradients
   (all-reduce, then ``/W``) gives the gradient of the global loss. Clipping then sees the global
   gradient norm, and Adam makes the same update on every rank.
@@ -75,6 +75,10 @@ class SingleProcess:
 
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         return t
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on some rank (so every rank takes the same branch)."""
+        return flag
 
     def mean_over_ranks(self, out):
         """``out`` (a NamedTuple) with its scalar tensor fields averaged over ranks."""
@@ -149,6 +153,9 @@ class DataParallel(SingleProcess):
     def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         return self._all_reduce_sum(t)
 
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self._all_reduce_sum(torch.tensor([int(flag)])) > 0)
+
     def mean_over_ranks(self, out):
         names = [n for n, v in out._asdict().items() if isinstance(v, torch.Tensor) and v.ndim == 0]
         flat = torch.stack([getattr(out, n).detach().float().to(self.device) for n in names])
@@ -219,7 +226,7 @@ class ShardedBatchTopK(BatchTopK):
         # τ = 0 means fewer than k·B positive values exist: all of them are kept, zeros add nothing.
         a_BH = relu_BH * (relu_BH >= tau)
         if torch.is_grad_enabled():
-            self._update_threshold(kept_vals)
+            self._stage_threshold(kept_vals)
         return dense_to_codes(a_BH)
 
 

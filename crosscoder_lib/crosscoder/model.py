@@ -22,7 +22,7 @@ exactly a sum of features and the bias never counts as one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -35,14 +35,16 @@ from crosscoder_lib.crosscoder.activations import (
     codes_to_dense,
     make_activation,
 )
+from crosscoder_lib.crosscoder.jsonconfig import ConfigError, JsonConfig
 
 ACTIVATIONS = ("batchtopk", "topk", "relu", "jumprelu")
 DECODE_PATHS = ("auto", "sparse", "dense")
 
 
 @dataclass
-class CrosscoderConfig:
-    """Architecture of a crosscoder (validated on construction; saved as JSON with its weights)."""
+class CrosscoderConfig(JsonConfig):
+    """Architecture of a crosscoder (validated and typed on construction, see
+    :mod:`~crosscoder_lib.crosscoder.jsonconfig`; saved as JSON with its weights)."""
 
     hookpoints: list[str]
     """Hook names read and written, one slot each, in order (``paper_hookpoints(n_blocks)``)."""
@@ -80,7 +82,10 @@ class CrosscoderConfig:
     """Seed of the initial weights (a private generator; the global RNG is untouched)."""
 
     def __post_init__(self):
-        self.hookpoints = list(self.hookpoints)
+        if isinstance(self.hookpoints, str):
+            raise ConfigError(f"CrosscoderConfig.hookpoints must be a list of hook names, got the string "
+                              f"{self.hookpoints!r}; use crosscoder_lib.lm.hookpoints.paper_hookpoints")
+        self._coerce_fields()
         if not self.hookpoints:
             raise ValueError("hookpoints is empty; use crosscoder_lib.lm.hookpoints.paper_hookpoints")
         if len(set(self.hookpoints)) != len(self.hookpoints):
@@ -121,17 +126,6 @@ class CrosscoderConfig:
     def n_slots(self) -> int:
         """Number X of hookpoint slots."""
         return len(self.hookpoints)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CrosscoderConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CrosscoderConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 class CrosscoderOutput(NamedTuple):

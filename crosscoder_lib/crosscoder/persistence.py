@@ -3,24 +3,37 @@
 Layout of a crosscoder folder (:func:`save_crosscoder`)::
 
     crosscoder.safetensors   parameters and buffers (state_dict names)
-    crosscoder.json          {"format", "config": CrosscoderConfig fields, "input_scale_folded"}
+    crosscoder.json          {"format", "config": CrosscoderConfig fields, "input_scale_folded",
+                              "weights_sha256"}
 
 Exported crosscoders are folded (the input scale moved into the weights, see
 :meth:`~crosscoder_lib.crosscoder.model.Crosscoder.fold_input_scale`); training checkpoints
 (:mod:`crosscoder_lib.crosscoder.checkpoint`) save them unfolded so a resumed run continues bit for
-bit. Only safetensors and JSON are ever read (:mod:`crosscoder_lib.files`).
+bit. Only safetensors and JSON are ever read (:mod:`crosscoder_lib.files`), and loading checks the
+weights against ``weights_sha256`` (folders written before it existed load without the check), so a
+flipped bit is an error naming the file, not a silently different model. Each file is written
+atomically; :func:`save_crosscoder` into a fresh folder plus
+:func:`crosscoder_lib.files.replace_folder` makes the whole folder atomic (what training does).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
-from crosscoder_lib.files import CheckpointError, check_safetensors, load_state_checked, read_tensors, write_json, write_tensors
+from crosscoder_lib.files import (
+    CheckpointError,
+    check_safetensors,
+    load_state_checked,
+    read_json,
+    read_tensors,
+    sha256_file,
+    write_json,
+    write_tensors,
+)
 
 FORMAT = "crosscoder_lib.crosscoder/1"
 WEIGHTS_FILE = "crosscoder.safetensors"
@@ -42,8 +55,8 @@ def save_crosscoder(crosscoder, folder: str | os.PathLike, *, fold: bool = True)
         state["b_dec_XD"] /= s_X[:, None]
         state["input_scale_X"] = torch.ones_like(s_X)
     write_tensors(state, folder / WEIGHTS_FILE)
-    write_json({"format": FORMAT, "config": crosscoder.cfg.to_dict(), "input_scale_folded": fold},
-                folder / CONFIG_FILE)
+    write_json({"format": FORMAT, "config": crosscoder.cfg.to_dict(), "input_scale_folded": fold,
+                "weights_sha256": sha256_file(folder / WEIGHTS_FILE)}, folder / CONFIG_FILE)
     return folder
 
 
@@ -62,23 +75,36 @@ def _weights_path(path: Path) -> tuple[Path, Path]:
     raise CheckpointError(f"no checkpoint at {path}")
 
 
+def _read_checked(weights: Path, config: Path, device) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config JSON, tensors) of a crosscoder folder, the weights checked against their checksum."""
+    tensors = read_tensors(weights, device=device)
+    if not config.exists():
+        raise CheckpointError(f"{config} is missing: the JSON config must sit beside {weights.name}")
+    meta = read_json(config)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{config} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    want = meta.get("weights_sha256")
+    if want is not None and sha256_file(weights) != want:
+        raise CheckpointError(f"{weights} does not match the checksum in {config.name}: the file was "
+                              "damaged (flipped bits) or replaced; restore it or save the crosscoder again")
+    return meta, tensors
+
+
 def load_crosscoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A :class:`~crosscoder_lib.crosscoder.model.Crosscoder` from a folder (or weights file) written by
     :func:`save_crosscoder`."""
     weights, config = _weights_path(Path(path))
-    tensors = read_tensors(weights, device=device)
-    if not config.exists():
-        raise CheckpointError(f"{config} is missing: the JSON config must sit beside {weights.name}")
-    meta = json.loads(config.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{config} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta, tensors = _read_checked(weights, config, device)
     model = Crosscoder(CrosscoderConfig.from_dict(meta["config"])).to(device)
     load_state_checked(model, tensors, f"checkpoint {weights}")
     return model
 
 
 def load_weights_into(crosscoder, path: str | os.PathLike) -> None:
-    """Load a saved crosscoder's tensors into an existing ``crosscoder`` (shapes checked)."""
-    weights, _ = _weights_path(Path(path))
-    load_state_checked(crosscoder, read_tensors(weights, device=crosscoder.W_dec_HXD.device),
-                       f"checkpoint {weights}")
+    """Load a saved crosscoder's tensors into an existing ``crosscoder`` (shapes and checksum checked)."""
+    weights, config = _weights_path(Path(path))
+    if config.exists():
+        _, tensors = _read_checked(weights, config, crosscoder.W_dec_HXD.device)
+    else:
+        tensors = read_tensors(weights, device=crosscoder.W_dec_HXD.device)
+    load_state_checked(crosscoder, tensors, f"checkpoint {weights}")

