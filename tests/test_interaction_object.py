@@ -108,9 +108,11 @@ def test_contributions_are_differentiable_through_the_live_decoder():
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
 
 
-def test_cache_follows_an_optimizer_step(G_builds):
+@pytest.mark.parametrize("fused", [False, True], ids=["adam", "fused-adam"])
+def test_cache_follows_an_optimizer_step(G_builds, fused):
+    # The trainer's fused Adam writes the parameters without bumping their version counter.
     cc, mlp = crosscoder(), random_mlp()
-    opt = torch.optim.Adam(cc.parameters(), lr=0.1)
+    opt = torch.optim.Adam(cc.parameters(), lr=0.1, fused=fused)
     inter = MLPInteractions.of(cc, mlp)
     codes = codes_of(cc)
     inter.matrix(codes)

@@ -11,7 +11,7 @@ decoder is unchanged::
     inter.matrix(codes)                  # ... and reused here
     inter.penalty(codes).penalty.backward()   # differentiable through the live decoder and codes
 
-**Cache key.** The identity, version counter, storage, device and dtype of ``W_dec_HXD``,
+**Cache key.** The identity, version counter, storage, device, dtype and sum of ``W_dec_HXD``,
 ``b_dec_XD`` and ``input_scale_X`` (or of the decoder rows given to the constructor) and of the MLP's
 tensors: an optimizer step, ``fold_input_scale``, ``load_state_dict`` or ``.to()`` changes it, and
 the next call rebuilds what it needs. Tensors made under ``torch.inference_mode`` carry no version
@@ -48,7 +48,9 @@ F64 = torch.float64
 
 def _stamp(t: torch.Tensor) -> tuple:
     version = -1 if t.is_inference() else t._version
-    return id(t), version, t.data_ptr(), t.device, t.dtype
+    # The sum as well: fused optimizers (Adam(fused=True), the trainer's) write parameters in place
+    # without bumping their version counter. One pass over the tensor, once per call.
+    return id(t), version, t.data_ptr(), t.device, t.dtype, float(t.detach().sum())
 
 
 class MLPInteractions:

@@ -16,8 +16,8 @@ model (chapter 1's run: H = 512, k = 20, 600 steps, a feature dead after 200 ste
 13.9 % of features never fired on held-out tokens without the factor, 14.6 % with no AuxK at all,
 7.2 % with it, and 0 % with it and a 50-step dead window.
 
-``L_int`` is :func:`crosscoder_lib.interactions.measures.interaction_penalty` on the MLP-input slots,
-reached through :func:`interaction_term`, the one place the trainer calls into the interactions.
+``L_int`` is :meth:`crosscoder_lib.interactions.object.MLPInteractions.penalty` of the crosscoder's live
+decoder, reached through :func:`interaction_term`, the one place the trainer calls into the interactions.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from crosscoder_lib.crosscoder.activations import SparseCodes, auxk_codes, l0
 from crosscoder_lib.crosscoder.distributed import SINGLE, SingleProcess
 from crosscoder_lib.crosscoder.model import Crosscoder
-from crosscoder_lib.interactions import measures
-from crosscoder_lib.interactions.measures import InteractionStats, interaction_penalty
+from crosscoder_lib.interactions.kernels import penalty_library
 from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.interactions.object import MLPInteractions
+from crosscoder_lib.interactions.penalty import InteractionStats
 from crosscoder_lib.lm.hookpoints import mlp_input_slots
 
 PenaltyFn = Callable[[SparseCodes], InteractionStats]
@@ -46,8 +47,10 @@ def interaction_term(crosscoder: Crosscoder, mlp: MLPWeights, form: str) -> Pena
     if mlp.n_blocks != len(slots):
         raise ValueError(f"mlp has {mlp.n_blocks} blocks but the hookpoints have {len(slots)} MLP-input slots")
 
+    interactions = MLPInteractions.of(crosscoder, mlp)
+
     def penalty(codes: SparseCodes) -> InteractionStats:
-        return interaction_penalty(codes, crosscoder.decoder_slots_LHD(slots), mlp, form=form)
+        return interactions.penalty(codes, form=form)
 
     return penalty
 
@@ -55,8 +58,7 @@ def interaction_term(crosscoder: Crosscoder, mlp: MLPWeights, form: str) -> Pena
 def penalty_path(device: torch.device) -> str:
     """Which implementation sums the penalty on ``device`` (``"kernel"``: the fused C kernel,
     ``"torch"``: chunked PyTorch); they round differently, so a resume must keep it."""
-    fast = device.type == "cpu" and measures._penalty_kernel() is not None
-    return "kernel" if fast else "torch"
+    return "torch" if penalty_library(torch.empty(0, device=device)) is None else "kernel"
 
 
 class Objective(NamedTuple):
