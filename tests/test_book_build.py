@@ -3,6 +3,7 @@ and a failing cell fails the build."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -52,6 +53,26 @@ def test_pages_load_nothing_from_a_cdn(built_book):
             assert not src.startswith(("http://", "https://", "//")), f"{page.name} loads {src} from the network"
         for tag in re.findall(r"<script[^>]*embed-amd\.js[^>]*>", html):
             assert "crossorigin" not in tag, f"{page.name}: the widget script's crossorigin attribute breaks file://"
+
+
+def test_numbers_in_prose_come_from_the_run(built_book, fast_execution):
+    """Chapter 0's markdown shows the numbers its run glued (myst-nb resolves each {glue} role), and the
+    results file records them."""
+    notebook = Path("book/chapters/00_why_features_interact.ipynb")
+    glued = json.loads((fast_execution(notebook).results_dir / f"{notebook.stem}.json").read_text())["glued"]
+    html = (built_book / notebook.with_suffix(".html")).read_text()
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "{glue}" not in text, "a glue role was left unresolved"
+    assert f"maximum slope of {glued['lip_gelu']:.2f} near" in text
+    assert f"{glued['tightness']:.2f}-fold on average" in text
+
+
+def test_markdown_tables_render_as_tables(built_book):
+    """display(Markdown(table)) is parsed as MyST (nb_render_markdown_format), so it is an HTML table."""
+    html = (built_book / "book" / "chapters" / "06_full_scale.html").read_text()
+    tables = re.findall(r"<table.*?</table>", html, re.S)
+    assert any("positions in memory" in t for t in tables), "the cost table is not rendered as a table"
+    assert "| preset | chapter |" not in html
 
 
 def _chromium(page: Path, *args: str) -> subprocess.CompletedProcess:

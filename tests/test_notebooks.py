@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -54,6 +57,46 @@ def test_chapter_is_committed_clean_and_runnable_on_colab(notebook):
     badge = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/{notebook.as_posix()}"
     assert any(badge in c.source for c in nb.cells if c.cell_type == "markdown"), (
         f"{notebook} needs a Colab badge linking to {badge}")
+
+
+def _code_cells(notebook):
+    return [c for c in nbformat.read(ROOT / notebook, as_version=4).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_chapter_starts_and_finishes_through_chapter_run(notebook):
+    """The cell after the parameters cell starts the run (ChapterRun reads the parameters itself and
+    applies the fast preset), no chapter repeats FAST's values, and the last cell writes the results;
+    the bookkeeping cells are tagged so the built page shows the chapter, not its plumbing."""
+    code = _code_cells(notebook)
+    tags = [set(c.metadata.get("tags", [])) for c in code]
+    first = [i for i, t in enumerate(tags) if "parameters" in t][0] + 1
+    assert code[first].source.startswith(f'from crosscoder_lib import start_chapter\n\nrun = start_chapter("{notebook.stem}", '
+                                         "globals())"), f"{notebook}: the cell after the parameters cell must start the run"
+    assert "hide-cell" in tags[first]
+    assert sum(c.source.count("start_chapter(") for c in code) == 1
+    assert not any(re.search(r"^\s*if FAST\b", c.source, re.M) for c in code), (
+        f"{notebook} sets FAST values itself; they belong in the fast preset (crosscoder_lib/book/presets.py)")
+    assert "run.finish(" in code[-1].source and "remove-input" in tags[-1]
+    assert "remove-input" in [t for t in tags if "colab-setup" in t][0]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_chapter_output_shows_no_machine_path_and_no_warning(notebook, fast_execution):
+    """The display policy, checked on the FAST execution: no output names an absolute path of the
+    building machine, and nothing reaches stderr (library warnings and logging are quieted)."""
+    run = fast_execution(notebook)
+    assert run.error is None, f"{notebook} failed under papermill (FAST=True): {run.error}"
+    nb = nbformat.read(run.executed, as_version=4)
+    machine = {str(ROOT), str(run.executed.parent.resolve()), tempfile.gettempdir() + "/", str(Path.home()) + "/"}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                pytest.fail(f"{notebook} writes to stderr: {out['text'][:300]!r}")
+            text = out.get("text", "") + "".join(v for k, v in out.get("data", {}).items()
+                                                  if k.startswith("text/") and isinstance(v, str))
+            shown = [m for m in machine if m in text]
+            assert not shown, f"{notebook} shows a path of this machine ({shown}): {text[:300]!r}"
 
 
 def test_a_failing_cell_fails_the_executor(tmp_path):

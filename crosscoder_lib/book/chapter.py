@@ -1,0 +1,103 @@
+"""The bookkeeping of one chapter execution: its parameters, world, device, time and results.
+
+A chapter's first code cell after its ``parameters`` cell is::
+
+    from crosscoder_lib import start_chapter
+    run = start_chapter("03_interaction_penalty", globals())
+
+:meth:`ChapterRun.from_globals` reads the parameters from the notebook's namespace itself (every
+upper-case name holding a plain value: the parameters cell's, and those papermill injected after
+it), checks them against the one schema (:mod:`crosscoder_lib.book.parameters`), writes the
+``"fast"`` preset's values into the namespace when ``FAST`` is true, resolves ``DEVICE``, applies
+the display policy (:func:`crosscoder_lib.book.display.quiet`) and records the parameters as the
+run started. The last cell calls :meth:`ChapterRun.finish`, which writes the results file of the
+chapter's world and says where, relative to the book.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import torch
+
+from crosscoder_lib.book import display
+from crosscoder_lib.book.parameters import check_parameters
+from crosscoder_lib.book.presets import fast_overrides
+from crosscoder_lib.book.results import describe_device, format_seconds, record, repo_root, world_of
+
+_PLAIN = (bool, int, float, str, list, type(None))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then the CPU; any other string is taken as a torch device."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def notebook_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
+    """The parameters in a notebook's namespace: upper-case names (no leading ``_``) with plain values."""
+    return {name: value for name, value in namespace.items()
+            if name.isupper() and not name.startswith("_") and isinstance(value, _PLAIN)}
+
+
+class ChapterRun:
+    """One chapter execution. Attributes: ``chapter``, ``params`` (as the run started, FAST's values
+    applied), ``fast``, ``world`` (from ``MODEL``, :func:`crosscoder_lib.book.results.world_of`),
+    ``device`` (resolved), ``glued`` (the numbers shown in the chapter's prose)."""
+
+    def __init__(self, chapter: str, *, params: dict[str, Any], device: str | torch.device, fast: bool):
+        self.chapter, self.params, self.fast = chapter, dict(params), bool(fast)
+        self.world = world_of(self.params.get("MODEL", "none"))
+        self.device = resolve_device(str(device))
+        self.glued: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    @classmethod
+    def from_globals(cls, chapter: str, namespace: MutableMapping[str, Any]) -> ChapterRun:
+        """Start ``chapter`` from its notebook's ``globals()`` (see the module docstring). Call it
+        before importing any upper-case name, so that the namespace holds parameters only."""
+        params = check_parameters(notebook_parameters(namespace), where=chapter)
+        for name in ("DEVICE", "FAST"):
+            if name not in params:
+                raise ValueError(f"{chapter}: the parameters cell must set {name} (e.g. DEVICE = \"auto\", "
+                                 "FAST = False); start_chapter reads the names defined before it")
+        if params["FAST"]:
+            params.update(fast_overrides(chapter))
+        namespace.update(params)
+        display.quiet()
+        return cls(chapter, params=params, device=params["DEVICE"], fast=params["FAST"])
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def glue(self, name: str, value: Any, fmt: str = "") -> None:
+        """Show ``format(value, fmt)`` wherever the chapter's markdown says ``{glue}`name``` (myst-nb
+        glue), and record the value in the results file (returns nothing, so a cell ending with it
+        displays nothing)."""
+        if name in self.glued:
+            raise ValueError(f"{self.chapter}: {name!r} is glued twice; the book would show only one of the values")
+        self.glued[name] = value
+        display.glue(name, value, fmt)
+
+    def finish(self, metrics: dict[str, Any], reproduction: list[dict[str, Any]] | None = None) -> None:
+        """Write the results file and say where, relative to the book (returns nothing: it is a
+        chapter's last cell, and a returned path would be displayed under it)."""
+        path = record(
+            self.chapter, metrics, params=self.params, device=self.device, run_seconds=self.seconds,
+            fast=self.fast, reproduction=reproduction, world=self.world, glued=self.glued,
+        )
+        print(f"results written to {display.shown_path(path, repo_root())} ({format_seconds(self.seconds)} "
+              f"on {describe_device(self.device)}, world {self.world})")
+
+
+def start_chapter(chapter: str, namespace: MutableMapping[str, Any]) -> ChapterRun:
+    """``ChapterRun.from_globals(chapter, namespace)``: the first line of every chapter's set-up cell."""
+    return ChapterRun.from_globals(chapter, namespace)
