@@ -4,7 +4,7 @@
 
 Prints:
 
-1. training tokens/s (the library's own ``training_step``: loss, AuxK, backward, clipping, fused
+1. training tokens/s (the library's own ``TrainingStep``: loss, AuxK, backward, clipping, fused
    Adam) at the embedded geometry (17 x 128 inputs) and at the paper's (17 x 768, H = 1536, k = 20);
 2. at the paper geometry, the step time with the dense decoder over the step time with the sparse
    decoder (target >= 2x);
@@ -34,7 +34,9 @@ from timing import timed
 from crosscoder_lib.crosscoder.activations import FiringTracker
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
-from crosscoder_lib.crosscoder.training import TrainConfig, make_optimizer, training_step
+from crosscoder_lib.crosscoder.training import RunOptions, TrainConfig
+from crosscoder_lib.crosscoder.training.loss import Objective
+from crosscoder_lib.crosscoder.training.step import TrainingStep, make_optimizer
 
 HP = paper_hookpoints(4)
 EMBEDDED = {"d_model": 128, "n_features": 512, "k": 20, "batch": 256}
@@ -42,20 +44,21 @@ PAPER = {"d_model": 768, "n_features": 1536, "k": 20}
 
 
 def step_fn(d_model: int, n_features: int, k: int, batch: int, decode: str):
-    """A closure doing one ``training_step`` on fresh random activations of this geometry."""
+    """A closure doing one ``TrainingStep`` on fresh random activations of this geometry."""
     cfg = CrosscoderConfig(HP, d_model, n_features, k=k, decode=decode)
     cc = Crosscoder(cfg)
     acts = torch.randn(batch * 4, len(HP), d_model)
     cc.set_input_scale(acts)
-    tcfg = TrainConfig(batch_size=batch, progress=False)
+    tcfg = TrainConfig(batch_size=batch, warmup_frac=0.0, decay_frac=0.0)  # lr 1e-4 at every step
     opt = make_optimizer(cc, tcfg)
     tracker = FiringTracker(n_features, cfg.dead_steps)
+    training_step = TrainingStep(Objective(cc), opt, tracker, tcfg)
     i = [0]
 
     def step():
         b = acts[(i[0] % 4) * batch:(i[0] % 4 + 1) * batch]
         i[0] += 1
-        training_step(cc, opt, b, tcfg, tracker, 1e-4, with_fvu=False)
+        training_step(b, 0, with_fvu=False)
 
     return step
 
@@ -162,8 +165,8 @@ def memory_child(n_steps: int) -> None:
 
     buf = ActivationBuffer(bridge, tokens, HP, batch_size=256, capacity_tokens=8192)
     before = peak_rss_mib()
-    train(TrainConfig(n_steps=n_steps, batch_size=256, progress=False, log_every=50),
-          buf, crosscoder=CrosscoderConfig(HP, 64, 512, k=20))
+    train(TrainConfig(n_steps=n_steps, batch_size=256), buf, crosscoder=CrosscoderConfig(HP, 64, 512, k=20),
+          options=RunOptions(progress=False, log_every=50))
     peak = peak_rss_mib()
     print(json.dumps({"steps": n_steps, "tokens": n_steps * 256, "rss_before_mib": before, "peak_mib": peak}))
 
@@ -188,7 +191,7 @@ def main() -> None:
     r = 3 if args.quick else 7
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; median of {r} runs\n")
 
-    print("1. training throughput (training_step: loss + AuxK + backward + clip + fused Adam)")
+    print("1. training throughput (TrainingStep: loss + AuxK + backward + clip + fused Adam)")
     e, p = EMBEDDED, PAPER
     t_emb = timed({"emb": step_fn(e["d_model"], e["n_features"], e["k"], e["batch"], "auto")}, r)["emb"]
     print(f"   embedded geometry 17x{e['d_model']}, H={e['n_features']}, k={e['k']}, batch {e['batch']}: "

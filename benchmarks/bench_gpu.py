@@ -7,11 +7,11 @@ Model: a randomly initialised GPT-Neo of the shape of ``roneneldan/TinyStories-I
 (4 blocks, d_model 768, d_mlp 3072, 16 heads, vocab 50257, context 512, local window 256, GELU),
 built here from ``GPTNeoConfig`` (no hub). Crosscoder over the 17 paper hookpoints, H = 1536,
 BatchTopK k = 20, batch 256 positions, sequences of 128 tokens harvested 32 at a time into a buffer
-of 16384 positions (SPEC §5; the ``crosscoder-train`` defaults). Token ids are random: throughput
+of 16384 positions (SPEC §5; the ``crosscoder train`` defaults). Token ids are random: throughput
 does not depend on the text. Every number below is measured for λ = 0 and for a penalised λ:
 
 1. **end to end**: ``train()`` on an ``ActivationBuffer`` that harvests from the model (what
-   ``crosscoder-train`` runs): tokens/s, and the time spent inside the harvester (model forward and
+   ``crosscoder train`` runs): tokens/s, and the time spent inside the harvester (model forward and
    the copy into host memory) against the rest (training steps, buffer shuffling, host-to-device
    copies). The buffer's first fill makes a short run harvest more positions than it trains on, so
    the steady-state harvest share is also given, from the per-position costs
@@ -42,7 +42,7 @@ from crosscoder_lib.lm.harvest import ActivationBuffer, harvest
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
 from crosscoder_lib.lm.loading import load_model
 from crosscoder_lib.interactions.mlp import mlp_weights
-from crosscoder_lib.crosscoder.training import TrainConfig, train
+from crosscoder_lib.crosscoder.training import RunOptions, TrainConfig, train
 
 GEOMETRIES = {
     # TinyStories-Instruct-33M's shape and the paper's crosscoder (SPEC §5)
@@ -122,12 +122,12 @@ def run_end_to_end(bridge, g: dict, cc_cfg: CrosscoderConfig, lam: float, mlp, s
         harvester = TimedHarvester(bridge, hookpoints)
         source = ActivationBuffer(bridge, token_stream(g, seed=1), hookpoints, batch_size=g["batch"],
                                   capacity_tokens=g["capacity"], harvester=harvester)
-        tcfg = TrainConfig(n_steps=n, batch_size=g["batch"], lambda_int=lam, device=device, progress=False,
-                           log_every=n, checkpoint_every=0)
+        tcfg = TrainConfig(n_steps=n, batch_size=g["batch"], lambda_int=lam)
+        options = RunOptions(device=device, progress=False, log_every=n, checkpoint_every=0)
         sync(device)
         reset_peak(device)
         t = time.perf_counter()
-        r = train(tcfg, source, crosscoder=cc_cfg, mlp=mlp if lam > 0 else None)
+        r = train(tcfg, source, crosscoder=cc_cfg, mlp=mlp if lam > 0 else None, options=options)
         sync(device)
         wall = time.perf_counter() - t
         trained = n * g["batch"]
@@ -149,12 +149,12 @@ def run_training_only(acts_TXD: torch.Tensor, g: dict, cc_cfg: CrosscoderConfig,
     """``train()`` on activations already on the device (warm-up run first)."""
     out = {}
     for phase, n in (("warmup", max(steps // 10, 5)), ("measured", steps)):
-        tcfg = TrainConfig(n_steps=n, batch_size=g["batch"], lambda_int=lam, device=device, progress=False,
-                           log_every=n, checkpoint_every=0)
+        tcfg = TrainConfig(n_steps=n, batch_size=g["batch"], lambda_int=lam)
+        options = RunOptions(device=device, progress=False, log_every=n, checkpoint_every=0)
         sync(device)
         reset_peak(device)
         t = time.perf_counter()
-        train(tcfg, acts_TXD, crosscoder=cc_cfg, mlp=mlp if lam > 0 else None)
+        train(tcfg, acts_TXD, crosscoder=cc_cfg, mlp=mlp if lam > 0 else None, options=options)
         sync(device)
         wall = time.perf_counter() - t
         out = {"steps": n, "wall_s": wall, "tokens_per_s": n * g["batch"] / wall,

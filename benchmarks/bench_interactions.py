@@ -49,12 +49,9 @@ from crosscoder_lib.interactions.engine import chunk_tokens_for
 from crosscoder_lib.interactions.measures import interaction_matrix, interaction_penalty
 from crosscoder_lib.interactions.mlp import MLPWeights
 from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
-from crosscoder_lib.crosscoder.training import (
-    TrainConfig,
-    compute_loss,
-    make_optimizer,
-    training_step,
-)
+from crosscoder_lib.crosscoder.training import TrainConfig
+from crosscoder_lib.crosscoder.training.loss import Objective, compute_loss, interaction_term
+from crosscoder_lib.crosscoder.training.step import TrainingStep, make_optimizer
 
 L, D, N, H, K_TOPK = 4, 768, 3072, 1536, 20
 HP = paper_hookpoints(L)
@@ -124,14 +121,15 @@ def step_fn(batch: int, penalty: str):
     """One optimiser step at the paper geometry: the library's reconstruction loss (+ AuxK) with
     ``λ · penalty`` added, backward, clipping, Adam. ``penalty``: none | ours | dense | library."""
     cc, mlp, acts = new_crosscoder(), random_mlp(), random_acts(batch)
-    cfg = TrainConfig(lambda_int=LAMBDA if penalty == "library" else 0.0, progress=False)
+    cfg = TrainConfig(lambda_int=LAMBDA if penalty == "library" else 0.0, warmup_frac=0.0, decay_frac=0.0)
     opt, tracker = make_optimizer(cc, cfg), FiringTracker(H, cc.cfg.dead_steps)
     if penalty == "library":  # the trainer's own path (compute_loss adds the penalty itself)
-        return lambda: training_step(cc, opt, acts, cfg, tracker, 1e-4, mlp, SLOTS, with_fvu=False)
+        training_step = TrainingStep(Objective(cc, interaction_term(cc, mlp, cfg.penalty_form)), opt, tracker, cfg)
+        return lambda: training_step(acts, 0, with_fvu=False)
     fn = {"ours": lambda c, W: interaction_penalty(c, W, mlp).penalty, "dense": lambda c, W: dense_penalty(c, W, mlp)}
 
     def step():
-        s = compute_loss(cc, acts, cfg, tracker.dead_H, with_fvu=False)
+        s = compute_loss(Objective(cc), acts, tracker.dead_H, with_fvu=False)
         loss = s.loss if penalty == "none" else s.loss + LAMBDA * fn[penalty](s.codes, cc.decoder_slots_LHD(SLOTS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -275,7 +273,7 @@ def main() -> None:
           f"{mem['p_dense'] / mem['p_ours']:5.2f}x less memory")
     print(f"   penalty only, PyTorch fallback path: {t['p_torch'] * 1e3:8.1f} ms, +{mem['p_torch']:7.1f} MiB | "
           f"{t['p_dense'] / t['p_torch']:5.2f}x faster, {mem['p_dense'] / mem['p_torch']:5.2f}x less memory than dense")
-    print(f"   (the library's training_step with λ > 0: {t['library'] * 1e3:.1f} ms; unpenalised step "
+    print(f"   (the library's TrainingStep with λ > 0: {t['library'] * 1e3:.1f} ms; unpenalised step "
           f"{t['none'] * 1e3:.1f} ms, peak +{mem['none']:.1f} MiB)")
     # Amdahl: any formulation that forms G_l still pays the unpenalised step plus the G_l floor.
     print(f"   ceiling of the whole-step ratio for any G_l-based penalty with this unpenalised step: "

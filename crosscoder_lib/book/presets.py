@@ -12,7 +12,7 @@ that replaces the defaults of a chapter's ``parameters`` cell. Three presets exi
   their activations once into host memory (17 hookpoints × 768 floats = 52 KB per token position),
   so they hold :data:`PAPER_POSITIONS` distinct positions and revisit each about 32 times over the
   50k steps, where the paper streamed 12.8M fresh ones. The streaming trainer
-  (``python -m crosscoder_lib.crosscoder.training``, :class:`crosscoder_lib.lm.harvest.ActivationBuffer`) is the
+  (``crosscoder train``, :class:`crosscoder_lib.lm.harvest.ActivationBuffer`) is the
   path for the paper's exact data regime. Sized for a GPU machine with ≥ 64 GB of host memory.
 - ``"colab-t4"`` (chapters 1–5): the same model, data, dictionary size and k, 10k steps (4k per λ
   in chapter 3) on ~65k positions, sized to run each chapter on a free Colab T4 (15 GB GPU,

@@ -13,6 +13,7 @@ A run is reproducible bit for bit on the same machine and thread count (the rand
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -56,9 +57,10 @@ def generate_tokens(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
     ids, mask = _left_padded(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = DynamicCache()
+    # transformers 5 calls the key-value cache `cache`; older releases (still found on Colab) `past_key_values`.
+    kv = {("cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"): DynamicCache()}
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kv)
     stop = torch.tensor(list(stop_ids), device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
@@ -72,7 +74,7 @@ def generate_tokens(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
             break
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         last = last + 1
-        out = model(input_ids=token, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, position_ids=last, use_cache=True, **kv)
     rows = []
     for row in new.tolist():
         cut = next((i for i, t in enumerate(row) if t in set(stop_ids)), len(row))
