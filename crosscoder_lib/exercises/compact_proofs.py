@@ -137,11 +137,11 @@ def check_qk_split(fn) -> None:
             "feature_mean": (gives(lambda: expected.mean_feature, "you swapped feature·mean and mean·feature: "
                                    "feature·mean pairs the query's features with the key's mean"),),
             "feature_feature": (
-                gives(lambda: expected.feature_feature / attn.scale, "multiply every part by the score scale"),
                 gives(lambda: attn.scale * (qf + attn.b_Q[0][:, None]) @ (kf + attn.b_K[0][:, None]).transpose(1, 2),
                       "the biases b_Q, b_K belong to the mean parts: feature·feature is (f_t W_Q)·(f_s W_K)"),
             ),
         }
         for name, part in zip(names, got):
-            ex.close(case, name, part, getattr(expected, name), dims="AQS", mistakes=hints[name])
+            unscaled = gives(lambda: getattr(expected, name) / attn.scale, "multiply every part by the score scale")
+            ex.close(case, name, part, getattr(expected, name), dims="AQS", mistakes=hints[name] + (unscaled,))
     ex.passed()

@@ -44,7 +44,7 @@ def check_encoder(fn) -> None:
         s, W, b = cc.input_scale_X.detach(), cc.W_enc_XDH.detach(), cc.b_enc_H.detach()
         got = ex.call(case, x, s, W, b)
         expected = cc.pre_activations(x).detach()
-        ex.close(case, "the pre-activations", got, expected, dims="BH", mistakes=(
+        ex.close(case, "pre_BH", got, expected, dims="BH", mistakes=(
             gives(lambda: torch.einsum("bxd,xdh->bh", x, W) + b, "scale each slot first: the encoder reads "
                   "s_x · x_x, the normalised activations it was trained on"),
             gives(lambda: torch.einsum("bxd,xdh->bh", x / s[:, None], W) + b, "the scale multiplies the input "
@@ -87,14 +87,17 @@ def check_batchtopk(fn) -> None:
     ex.passed()
 
 
-def _kept_minima(batches: list[torch.Tensor], k: int) -> list[float | None]:
-    """The smallest positive value BatchTopK keeps in each batch (None: it keeps none)."""
-    out = []
-    for pre in batches:
-        with torch.no_grad():
-            val = BatchTopK(k).train()(pre).val_BK
-        out.append(float(val[val > 0].min()) if (val > 0).any() else None)
-    return out
+def _kept_values(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The values BatchTopK's selection keeps in one batch, zeros included (a mistake model's input)."""
+    flat = pre.relu().flatten()
+    return flat.topk(min(k * pre.shape[0], flat.numel())).values
+
+
+def _per_batch(batches: list[torch.Tensor], k: int, stat, positive: bool = True) -> list[float | None]:
+    """``stat`` of the (positive) values each batch keeps; None where there are none."""
+    kept = [_kept_values(pre, k) for pre in batches]
+    kept = [v[v > 0] if positive else v for v in kept]
+    return [float(stat(v)) if v.numel() else None for v in kept]
 
 
 def _ema(values: list[float | None], beta: float, from_zero: bool = False) -> float:
@@ -115,22 +118,28 @@ def check_threshold_estimate(fn) -> None:
                   "update n = 0, 1, … mixes it in with weight 1 − b_n, b_n = min(β, n/(n+1)): a plain mean at "
                   "first, a moving average with factor β later")
     g = torch.Generator().manual_seed(3)
+    few = -torch.rand(6, 8, generator=g, dtype=F64)
+    few[0, 0], few[3, 5] = 0.7, 1.1  # fewer than k·B = 18 positive values: the selection keeps zeros too
     cases = [("five batches, β = 0.99 (still a running mean)", [torch.randn(8, 16, generator=g, dtype=F64) * (1 + i)
                                                                for i in range(5)], 3, 0.99),
              ("eight batches, β = 0.5 (a moving average soon)", [torch.randn(6, 12, generator=g, dtype=F64) + 0.1 * i
                                                                  for i in range(8)], 2, 0.5),
-             ("a batch with few positive values, and one with none",
-              [torch.randn(6, 8, generator=g, dtype=F64), torch.randn(6, 8, generator=g, dtype=F64) - 2.5,
-               -torch.rand(6, 8, generator=g, dtype=F64), torch.randn(6, 8, generator=g, dtype=F64)], 3, 0.9)]
+             ("a batch with two positive values, and one with none",
+              [torch.randn(6, 8, generator=g, dtype=F64), few, -torch.rand(6, 8, generator=g, dtype=F64),
+               torch.randn(6, 8, generator=g, dtype=F64)], 3, 0.9)]
     for case, batches, k, beta in cases:
         act = BatchTopK(k, beta=beta).train()
         for pre in batches:
             act(pre)
         got = ex.call(case, batches, k, beta)
-        minima = _kept_minima(batches, k)
+        minima = _per_batch(batches, k, torch.min)
         ex.close(case, "the threshold", got, float(act.threshold), rtol=1e-6, atol=1e-7, mistakes=(
             gives(lambda: _ema(minima, beta, from_zero=True), "start with a running mean (b_n = min(β, n/(n+1))): a "
                   "moving average started at 0 keeps remembering that arbitrary start"),
+            gives(lambda: _ema(_per_batch(batches, k, torch.mean), beta), "the threshold tracks the SMALLEST value "
+                  "the selection keeps, not their mean"),
+            gives(lambda: _ema(_per_batch(batches, k, torch.min, positive=False), beta), "only positive kept values "
+                  "count: with fewer than k·B positive pre-activations the selection also keeps zeros"),
             gives(lambda: _ema([m or 0.0 for m in minima], beta), "a batch that keeps no positive value tells nothing "
                   "about the threshold: skip it"),
             gives(lambda: sum(m for m in minima if m) / len([m for m in minima if m]), "with β = "

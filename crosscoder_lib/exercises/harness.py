@@ -66,20 +66,20 @@ def _allclose(got, expected, rtol: float, atol: float) -> bool:
     return g.shape == e.shape and bool(torch.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True))
 
 
-def _numbers(t: torch.Tensor, n: int = 4) -> str:
-    flat = t.flatten()[:n].tolist()
-    more = ", …" if t.numel() > n else ""
-    return "[" + ", ".join(f"{v:.6g}" for v in flat) + more + "]"
-
-
-def _difference(got: torch.Tensor, expected: torch.Tensor) -> str:
-    """Expected against got: the number itself for a scalar, else the worst entry and the first few."""
+def _difference(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str:
+    """Expected against got: the number itself for a scalar, else how many entries differ, the worst
+    one and the first two others."""
     if expected.numel() == 1:
         return f"expected {expected.item():.6g}, got {got.item():.6g}"
-    diff = (got - expected).abs().nan_to_num(nan=math.inf)
-    at = tuple(int(i) for i in np.unravel_index(int(diff.flatten().argmax()), tuple(expected.shape)))
-    return (f"largest difference at index {list(at)}: expected {expected[at].item():.6g}, got {got[at].item():.6g}; "
-            f"first entries expected {_numbers(expected)}, got {_numbers(got)}")
+    wrong = ~torch.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+    diff = (got - expected).abs().nan_to_num(nan=math.inf) * wrong
+    worst = int(diff.flatten().argmax())
+    shown = [worst] + [i for i in wrong.flatten().nonzero().flatten()[:3].tolist() if i != worst][:2]
+    entries = []
+    for i in shown:
+        at = tuple(int(j) for j in np.unravel_index(i, tuple(expected.shape)))
+        entries.append(f"at {list(at)} expected {expected[at].item():.6g}, got {got[at].item():.6g}")
+    return f"{int(wrong.sum())} of {expected.numel()} entries differ; " + "; ".join(entries)
 
 
 def _shape(shape, dims: str | None) -> str:
@@ -131,7 +131,7 @@ class Exercise:
     def fail(self, case: str, what: str, detail: str = "", hint: str | None = None,
              cause: BaseException | None = None):
         """Raise :class:`ExerciseFailed`: exercise, case, what is wrong, the numbers, a hint."""
-        lines = [f"Exercise {self.number} ({self.title}), case {case!r}: {what}."]
+        lines = [f"Exercise {self.number} ({self.title}), case \"{case}\": {what}."]
         if detail:
             lines.append(f"  {detail}")
         lines.append(f"  Hint: {hint or self.hint}")
@@ -200,7 +200,7 @@ class Exercise:
         if torch.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True):
             return
         nan = " (it holds NaN where the answer does not: a 0/0?)" if g.isnan().any() and not e.isnan().any() else ""
-        self.fail(case, f"{what} is wrong{nan}", _difference(g, e), self._hint(g, mistakes))
+        self.fail(case, f"{what} is wrong{nan}", _difference(g, e, rtol, atol), self._hint(g, mistakes))
 
     def _hint(self, got: torch.Tensor, mistakes: tuple[Mistake, ...]) -> str:
         for m in mistakes:

@@ -20,7 +20,7 @@ from crosscoder_lib.interactions.measures import dominant_share, feature_contrib
 from crosscoder_lib.interactions.mlp import activation
 from crosscoder_lib.interactions.object import MLPInteractions
 
-TIE_HINT = ("at an exact tie between two features the gradient of max_v |p| is split evenly between them "
+TIE_HINT = ("at an exact tie between two features the gradient of max_k |p| is split evenly between them "
             "(torch.amax does that); .max(dim).values gives all of it to one")
 
 
@@ -34,8 +34,8 @@ def _penalty_mistakes(case, expected: torch.Tensor) -> tuple:
     L, T, N, _ = abs_p.shape
     with_feature = int((case.codes.val_BK != 0).any(1).sum())
     return (
-        gives(lambda: abs_p.sum(-1).mean(), "the dominant feature is not an interaction: subtract max_v |p| "
-              "from Σ_v |p| at every (block, token, neuron)"),
+        gives(lambda: abs_p.sum(-1).mean(), "the dominant feature is not an interaction: subtract max_k |p| "
+              "from Σ_k |p| at every (block, token, neuron)"),
         gives(lambda: expected * N, "you summed over neurons where L_int averages over (block, token, neuron)"),
         gives(lambda: expected * L * T * N, "you summed where L_int averages over (block, token, neuron)"),
         gives(lambda: expected * L, "you summed over blocks where L_int averages over them too"),
