@@ -73,8 +73,14 @@ def test_exercise_version_is_friendly(cell):
         ns[fn.name](*([None] * len(fn.args.args)))
 
 
+def test_the_readme_places_every_exercise():
+    readme = (CELL_DIR / "README.md").read_text()
+    assert all(f"| {number(c)} " in readme for c in CELLS)
+
+
 def test_cells_beside_their_statements_only():
-    strays = [p.name for p in CELL_DIR.iterdir() if p.suffix not in (".py", ".md") or not p.with_suffix(".py").is_file()]
+    strays = [p.name for p in CELL_DIR.iterdir() if p.name != "README.md"
+              and (p.suffix not in (".py", ".md") or not p.with_suffix(".py").is_file())]
     assert not strays, f"files in book/exercise_cells without a cell: {strays}"
 
 
@@ -116,12 +122,20 @@ def test_shape_and_type_messages():
         _square_checker(lambda x: None)
 
 
+def test_a_float32_answer_is_told_to_keep_the_inputs_dtype():
+    ex = Exercise("9.9", "a detour", lambda x: (x.float() + 1000) - 1000, "x itself")
+    x = torch.rand(10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    with pytest.raises(ExerciseFailed, match=r"(?s)right only to torch.float32 precision.*dtype=x.dtype"):
+        ex.close("ten numbers", "x", ex.call("ten numbers", x), x)
+
+
 def test_exceptions_name_the_readers_line():
     def broken(x):
         y = x.view(3, 3)
         return y
 
-    with pytest.raises(ExerciseFailed, match=r"broken\(\) raised RuntimeError: .*\(line \d+ of broken: y = x.view\(3, 3\)\)"):
+    where = r"\(line \d+ of broken: y = x.view\(3, 3\)\)"
+    with pytest.raises(ExerciseFailed, match=r"broken\(\) raised RuntimeError: .*" + where):
         _square_checker(broken)
 
 
@@ -175,3 +189,16 @@ def test_another_custom_handler_is_left_alone(monkeypatch):
 def test_published_function_is_the_cells_own():
     fn = published(CELLS[0])
     assert fn.__code__.co_filename == str(CELLS[0])
+
+
+def test_checkers_leave_the_chapters_random_state_alone():
+    """A cell inserted in a chapter must not move the chapter's random numbers: every case is seeded
+    with its own generator, never the global one."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    for cell in CELLS:
+        run(cell, solutions=True)
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(torch.rand(3), expected)
+    assert torch.is_grad_enabled()

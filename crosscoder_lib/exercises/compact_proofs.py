@@ -42,7 +42,8 @@ def check_contributions(fn) -> None:
                   "decides whether they cancel"),
         ))
         ex.gradient(case.name, got, {"val_TK": val, "W_dec_HD": W},
-                    {"val_TK": want["val_TK"], "W_dec_HD": want["W_dec_HD"][0]}, only={"val_TK": case.codes.val_BK != 0})
+                    {"val_TK": want["val_TK"], "W_dec_HD": want["W_dec_HD"][0]},
+                    only={"val_TK": case.codes.val_BK != 0})
     ex.passed()
 
 

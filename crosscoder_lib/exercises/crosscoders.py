@@ -198,8 +198,8 @@ def check_decoder_norm_l1(fn) -> None:
         got = ex.call(case, a_in, W_in, coeff)
         Wd = W_ref.detach()
         ex.close(case, "the penalty", got, expected, mistakes=(
-            gives(lambda: coeff * (a @ Wd.flatten(1).norm(dim=1)).mean(), "one norm per slot, summed: Σ_x ‖W_dec[v, x]‖, "
-                  "not the norm of the whole row ‖W_dec[v]‖ over all slots at once"),
+            gives(lambda: coeff * (a @ Wd.flatten(1).norm(dim=1)).mean(), "one norm per slot, summed: "
+                  "Σ_x ‖W_dec[v, x]‖, not the norm of the whole row ‖W_dec[v]‖ over all slots at once"),
             gives(lambda: coeff * (a @ Wd.pow(2).sum((1, 2))).mean(), "weigh by norms, not squared norms"),
             gives(lambda: coeff * a.sum(1).mean(), "weigh each activation by its feature's decoder norms: a plain L1 "
                   "lets the crosscoder shrink a and grow W_dec for free"),

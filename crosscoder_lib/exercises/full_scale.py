@@ -73,8 +73,10 @@ def check_lr_schedule(fn) -> None:
         warm, decay = round(warm_frac * n), round(decay_frac * n)
         ex.close(case, "the learning rate at each step (index = step)", got, expected, mistakes=(
             gives(lambda: torch.tensor([lr * s / warm if s < warm else cfg.lr_at(s) for s in range(n)]),
-                  "the first step must learn: warm up as lr·(step + 1)/warm, which reaches lr at the last warm-up step"),
-            gives(lambda: torch.tensor([lr * (n - s - 1) / decay if s >= n - decay else cfg.lr_at(s) for s in range(n)]),
+                  "the first step must learn: warm up as lr·(step + 1)/warm, which reaches lr at the last warm-up "
+                  "step"),
+            gives(lambda: torch.tensor([lr * (n - s - 1) / decay if s >= n - decay else cfg.lr_at(s)
+                                        for s in range(n)]),
                   "the last step still learns: decay as lr·(n_steps − step)/decay, so the last step has lr/decay"),
             gives(lambda: torch.tensor([TrainConfig(n_steps=n, lr=lr, warmup_frac=int(warm_frac * n) / n,
                                                     decay_frac=int(decay_frac * n) / n).lr_at(s) for s in range(n)]),

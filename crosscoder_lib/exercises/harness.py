@@ -21,7 +21,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import torch
@@ -129,7 +129,7 @@ class Exercise:
 
     # -- failing -------------------------------------------------------------------------------
     def fail(self, case: str, what: str, detail: str = "", hint: str | None = None,
-             cause: BaseException | None = None):
+             cause: BaseException | None = None) -> NoReturn:
         """Raise :class:`ExerciseFailed`: exercise, case, what is wrong, the numbers, a hint."""
         lines = [f"Exercise {self.number} ({self.title}), case \"{case}\": {what}."]
         if detail:
@@ -199,6 +199,11 @@ class Exercise:
                       hint=self._hint(g, mistakes))
         if torch.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True):
             return
+        low = isinstance(got, torch.Tensor) and got.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        if low and torch.allclose(g, e, rtol=1e-3, atol=1e-6, equal_nan=True):
+            self.fail(case, f"{what} is right only to {got.dtype} precision", _difference(g, e, rtol, atol),
+                      hint="the inputs are float64: compute in their dtype (a fresh tensor needs "
+                           "dtype=x.dtype, e.g. torch.zeros(H, H, dtype=G_LHN.dtype))")
         nan = " (it holds NaN where the answer does not: a 0/0?)" if g.isnan().any() and not e.isnan().any() else ""
         self.fail(case, f"{what} is wrong{nan}", _difference(g, e, rtol, atol), self._hint(g, mistakes))
 
