@@ -24,10 +24,11 @@ branch would compute their product: an interaction), ``i = argmax c`` with ``c =
 
     lip = min(A, B),  A = (|a| + S_g) S_u + L |b| S_g,  B = |σ(a)| S_u + L S_g (|b| + S_u)
 
-(``A`` from ``e = σ(z_g) δ_u + (σ(z_g) − σ(a)) b`` and ``|σ(x)| ≤ |x|``, used only for activations that
-satisfy it; ``B`` from ``e = σ(a) δ_u + (σ(z_g) − σ(a))(b + δ_u)``). With ``W_in = 0`` and ``b_in = 1``
-every gated form is the standard one. Derivation and proofs: the gated-MLP derivation the tests'
-float64 reference follows. Computed in float64.
+where ``δ_g = z_g − a``, ``δ_u = z_u − b`` (``|δ| ≤ S``): ``A`` from ``e = σ(z_g) δ_u + (σ(z_g) − σ(a)) b``
+and ``|σ(z_g)| ≤ |z_g| ≤ |a| + S_g`` (used only for activations with ``|σ(x)| ≤ |x|``: SiLU, GELU,
+ReLU), ``B`` from ``e = σ(a) δ_u + (σ(z_g) − σ(a))(b + δ_u)``. ``|e| ≤ box`` as ``(z_g, z_u)`` lies in the
+box, and ``box ≤ lip`` as ``A`` and ``B`` hold at every point of it. With ``W_in = 0`` and ``b_in = 1`` every gated form is the standard one. Computed in
+float64; tests/test_gated.py checks every form against a brute-force loop.
 
 The feature-wise explanation depends on the MLP kind (:mod:`.mlp`): :data:`FEATURE_WISE` maps each
 kind to its explanation. :func:`soundness` and :func:`tightness` compare any bound with the actual
