@@ -314,6 +314,22 @@ def test_every_form_is_sound_on_many_larger_problems(act):
         assert torch.all(lib.lipschitz * inter.token_scores((idx, val)).per_block_LT + mag >= bound.actual_LT)
 
 
+def test_a_sigmoid_gate_has_sound_bounds_and_scores_without_the_identity_bound():
+    """σ = sigmoid breaks ``|σ(x)| ≤ |x|`` (σ(0) = 1/2): the bound keeps its second triangle form
+    only and the certified scores use ``|σ(a)| ≤ |σ(0)| + Lip Ā``; both stay sound on every token,
+    small activations included (where σ(a) ≈ 1/2 dwarfs every contribution)."""
+    for seed, scale in ((0, 1e-3), (1, 1.0), (2, 30.0)):
+        idx, val, W_dec, b_dec, ref, _ = problem(300 + seed, 1, 32, 8, 16, 40, 6, "silu", seed != 0, scale)
+        lib = library(ref)._replace(act_fn="sigmoid")
+        inter = MLPInteractions(W_dec, lib, b_dec)
+        bound = inter.bound((idx, val))
+        tol = 1e-12 * (1 + bound.actual_LT)
+        for form, b in bound.forms().items():
+            assert torch.all(b + tol >= bound.actual_LT), (seed, form)
+        score = lib.lipschitz * inter.token_scores((idx, val)).per_block_LT
+        assert torch.all(score + tol >= bound.bound_lip_LT) and bound.actual_LT.max() > 0
+
+
 # -- the reduction to the standard kind --------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from crosscoder_lib.interactions.activation import activation, bounded_by_identity
 from crosscoder_lib.interactions.bound import FeatureWiseMLP, MLPBound, feature_wise_mlp, mlp_bound
 from crosscoder_lib.interactions.codes import ActiveCodes, checked_codes, read_codes
 from crosscoder_lib.interactions.decoder import (
@@ -163,7 +164,9 @@ class MLPInteractions:
             raise ValueError(f"no pair weights for MLP kind {self.mlp.kind!r}")
         absG = tuple(G_m.abs() for G_m in self.G)
         abs_beta = tuple(b.abs().to(absG[0]) for b in self.beta)
-        return CertifiedWeights(absG, abs_beta, self.mlp.lipschitz)
+        act_fn = self.mlp.act_fn
+        sigma0 = None if bounded_by_identity(act_fn) else abs(float(activation(torch.zeros((), dtype=F64), act_fn)))
+        return CertifiedWeights(absG, abs_beta, self.mlp.lipschitz, sigma0)
 
     def float64(self) -> MLPInteractions:
         """The same interactions in float64 (decoder and MLP), as the bounds compute them (cached)."""

@@ -12,9 +12,12 @@ error (:mod:`.bound`'s ``lip`` form). For a gated MLP the dominant feature is st
 ``|G| = |G_gate| + |G_up|`` (the penalty's), but ``Σ_{j≠i} c_j`` is no bound: the error is bilinear,
 it grows with the dominant feature's own size. There the weights are the certified
 ``c'_j / Lip = B̄ |p_gate,j| + (Ā / Lip) |p_up,j|`` with ``Ā = Σ_v |p_gate,v| + |β_gate|`` and
-``B̄ = Σ_v |p_up,v| + |β_up|`` (:class:`CertifiedWeights`): ``Lip·Σ_{j≠i} c'_j/Lip ≥ A ≥ lip`` for any
-``i``, so ``Lip(σ)·T_l(t)`` bounds the error for both kinds, and with ``W_up = 0``, ``b_up = 1``
-(``B̄ = 1``, ``p_up = 0``) the weights are ``|p|`` exactly.
+``B̄ = Σ_v |p_up,v| + |β_up|`` (:class:`CertifiedWeights`): ``Σ_{j≠i} c'_j = Ā S_up + Lip B̄ S_gate``
+bounds both of :mod:`.bound`'s triangle forms for any ``i`` (``|a| + S_gate ≤ Ā``, ``|b| + S_up ≤ B̄``
+and ``|σ(a)| ≤ |a|``), so ``Lip(σ)·T_l(t)`` bounds the error for both kinds, and with ``W_up = 0``,
+``b_up = 1`` (``B̄ = 1``, ``p_up = 0``) the weights are ``|p|`` exactly. A gate whose σ does not
+satisfy ``|σ(x)| ≤ |x|`` (a sigmoid) takes ``|σ(a)| ≤ |σ(0)| + Lip Ā`` instead: ``Ā / Lip`` becomes
+``Ā + |σ(0)| / Lip``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class CertifiedWeights(NamedTuple):
     """``(|β_gate|, |β_up|)``, each ``[L, N]``."""
     lip: float
     """``Lip(σ)`` of the gate's activation."""
+    sigma0: float | None = None
+    """``|σ(0)|`` when σ does not satisfy ``|σ(x)| ≤ |x|`` (module docstring), else None."""
 
     def of_chunk(self, c: Chunk, buf_gate: torch.Tensor, buf_up: torch.Tensor) -> torch.Tensor:
         """``[n, k, N]`` weights of the chunk's slots (written into ``buf_gate``)."""
@@ -63,7 +68,8 @@ class CertifiedWeights(NamedTuple):
         apg = abs_contributions(self.absG[0][l], c.idx_cK, c.vabs_cK, buf_gate)
         apu = abs_contributions(self.absG[1][l], c.idx_cK, c.vabs_cK, buf_up)
         A_bar, B_bar = apg.sum(1) + self.abs_beta[0][l], apu.sum(1) + self.abs_beta[1][l]
-        return apg.mul_(B_bar[:, None, :]).add_(apu.mul_((A_bar / self.lip)[:, None, :]))
+        up = A_bar / self.lip if self.sigma0 is None else A_bar + self.sigma0 / self.lip
+        return apg.mul_(B_bar[:, None, :]).add_(apu.mul_(up[:, None, :]))
 
 
 def _plan(active: ActiveCodes, absG_LHN: torch.Tensor, chunk_tokens: int | None):
