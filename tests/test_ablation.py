@@ -156,3 +156,27 @@ def test_bad_arguments(bridge, token_batches):
         ablation_fidelity(bridge, cc, mlp, token_batches, blocks=[5], progress=False)
     with pytest.raises(ValueError, match="unknown ablation scheme"):
         keep_mask(torch.zeros(1, 1, 1), torch.ones(1, dtype=torch.long), "drop_everything")
+
+
+def exact_window_crosscoder(first_block: int, d_model: int) -> Crosscoder:
+    """Features ±e_{x,d} under ReLU reconstruct every hookpoint of a one-block window exactly."""
+    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(1, first_block=first_block), d_model=d_model,
+                           n_features=2 * 5 * d_model, activation="relu", sparsity_coeff=1e-3)
+    cc = Crosscoder(cfg)
+    eye = torch.eye(5 * d_model).view(5 * d_model, 5, d_model)
+    with torch.no_grad():
+        cc.W_dec_HXD.copy_(torch.cat([eye, -eye]))
+        cc.W_enc_XDH.copy_(cc.W_dec_HXD.permute(1, 2, 0))
+    return cc
+
+
+def test_a_window_crosscoder_patches_its_own_blocks(bridge, token_batches):
+    """Blocks are the model's: a crosscoder over block 1 alone patches blocks.1.hook_resid_post (an
+    exact one then changes nothing) given the whole model's MLP weights."""
+    cc, mlp = exact_window_crosscoder(1, bridge.cfg.d_model), mlp_weights(bridge)
+    (res,) = ablation_fidelity(bridge, cc, mlp, token_batches[:1], schemes=("none",), progress=False)
+    assert res.block == 1
+    assert res.loss["none"] == pytest.approx(res.loss_model, abs=1e-4) and res.fidelity["none"] == pytest.approx(1.0, abs=1e-3)
+    assert res.loss["zero"] != pytest.approx(res.loss_model, abs=1e-3)
+    with pytest.raises(ValueError, match=r"out of range.*\[1\]"):
+        ablation_fidelity(bridge, cc, mlp, token_batches, blocks=[0], progress=False)

@@ -113,6 +113,15 @@ def passes(plan: Plan, absG_LHN: torch.Tensor, dominant: bool = False) -> Iterat
             yield Chunk(l, rows, plan.order_B[rows], idx, vabs, absp, s, m, dom)
 
 
+def dominant_slots(score_TNK: torch.Tensor, n_active_T: torch.Tensor) -> torch.Tensor:
+    """``[T, N]`` slot of the largest ``score ≥ 0`` among each token's active slots ``0 … a_t − 1``,
+    the passes' rule on dense scores: lowest slot on ties (``argmax`` returns the first maximum),
+    slot 0 when no slot is active."""
+    K = score_TNK.shape[-1]
+    inactive = torch.arange(K, device=score_TNK.device)[None, :] >= n_active_T[:, None]  # [T, K]
+    return score_TNK.masked_fill(inactive[:, None, :], -1.0).argmax(-1)
+
+
 def share_sum(sum_cN: torch.Tensor, max_cN: torch.Tensor) -> torch.Tensor:
     """``Σ max/sum`` with 0/0 (no feature reaches the neuron) counted as a share of 1."""
     return torch.div(max_cN, sum_cN).nan_to_num_(nan=1.0).sum(dtype=torch.float64)

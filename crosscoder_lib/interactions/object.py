@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from crosscoder_lib.interactions.activation import activation, bounded_by_identity
 from crosscoder_lib.interactions.bound import FeatureWiseMLP, MLPBound, feature_wise_mlp, mlp_bound
 from crosscoder_lib.interactions.codes import ActiveCodes, checked_codes, read_codes
 from crosscoder_lib.interactions.decoder import (
@@ -33,15 +34,17 @@ from crosscoder_lib.interactions.decoder import (
     mlp_input_bias,
     mlp_input_decoder,
 )
-from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.interactions.mlp import AnyMLP, GatedContributions
 from crosscoder_lib.interactions.penalty import InteractionStats, PenaltyInputs, check_form, penalty
 from crosscoder_lib.interactions.quantities import (
+    CertifiedWeights,
     InteractionMatrix,
     TokenScores,
     dominant_share,
     interaction_matrix,
     token_interaction_scores,
 )
+from crosscoder_lib.lm.hookpoints import hookpoint_blocks
 
 F64 = torch.float64
 
@@ -57,11 +60,12 @@ class MLPInteractions:
     """Feature interactions in the MLPs of one (crosscoder, MLP weights) pair (module docstring).
 
     ``MLPInteractions(W_dec_LHD, mlp, b_dec_LD)`` builds it from decoder rows and bias at the MLP
-    inputs in model units (``b_dec_LD`` is needed only by :meth:`bound` and ablation);
+    inputs in model units, one row per stacked block of ``mlp`` (``b_dec_LD`` is needed by
+    :meth:`bound`, by ablation and, for a gated MLP, by :meth:`matrix` and :meth:`token_scores`);
     :meth:`of` from a crosscoder, whose live weights it reads.
     """
 
-    def __init__(self, W_dec_LHD: torch.Tensor, mlp: MLPWeights, b_dec_LD: torch.Tensor | None = None):
+    def __init__(self, W_dec_LHD: torch.Tensor, mlp: AnyMLP, b_dec_LD: torch.Tensor | None = None):
         check_decoder(W_dec_LHD, mlp)
         self.mlp = mlp
         self.crosscoder = None
@@ -70,8 +74,13 @@ class MLPInteractions:
         self._key: tuple | None = None
 
     @classmethod
-    def of(cls, crosscoder, mlp: MLPWeights) -> MLPInteractions:
-        """The interactions of ``crosscoder`` (its MLP-input slots) in the MLPs ``mlp``."""
+    def of(cls, crosscoder, mlp: AnyMLP) -> MLPInteractions:
+        """The interactions of ``crosscoder`` (its MLP-input slots) in the MLPs ``mlp``.
+
+        ``mlp`` may hold more blocks than the crosscoder reads (``mlp_weights(bridge)`` holds all):
+        the blocks of its hookpoints (``hookpoint_blocks``, e.g. 8–11 of a window) are taken, in slot order.
+        """
+        mlp = mlp.for_blocks(hookpoint_blocks(crosscoder.cfg.hookpoints))
         with torch.no_grad():
             inter = cls(mlp_input_decoder(crosscoder)[0], mlp)  # checks the rows against the MLP once
         inter.crosscoder, inter._rows = crosscoder, None
@@ -112,6 +121,11 @@ class MLPInteractions:
         return W.detach(), b.detach() if b is not None else None
 
     @property
+    def blocks(self) -> tuple[int, ...]:
+        """The model block of each stacked block (what ``l`` in ``[L, ...]`` results stands for)."""
+        return self.mlp.model_blocks
+
+    @property
     def W_dec_LHD(self) -> torch.Tensor:
         """The decoder rows at the MLP inputs, detached (cached)."""
         return self._cached("rows")[0]
@@ -143,6 +157,18 @@ class MLPInteractions:
             raise ValueError("this MLPInteractions was built from decoder rows without a bias: pass b_dec_LD "
                              "(mlp_input_decoder(crosscoder)[1]) or use MLPInteractions.of(crosscoder, mlp)")
         return bias_products(b_dec_LD, self.mlp)
+
+    def _pairs(self) -> CertifiedWeights | None:
+        """The pair weights of the matrix and the scores: None (``|p|``) for a standard MLP."""
+        if self.mlp.kind == "standard":
+            return None
+        if self.mlp.kind != "gated":
+            raise ValueError(f"no pair weights for MLP kind {self.mlp.kind!r}")
+        absG = tuple(G_m.abs() for G_m in self.G)
+        abs_beta = tuple(b.abs().to(absG[0]) for b in self.beta)
+        act_fn = self.mlp.act_fn
+        sigma0 = None if bounded_by_identity(act_fn) else abs(float(activation(torch.zeros((), dtype=F64), act_fn)))
+        return CertifiedWeights(absG, abs_beta, self.mlp.lipschitz, sigma0)
 
     def float64(self) -> MLPInteractions:
         """The same interactions in float64 (decoder and MLP), as the bounds compute them (cached)."""
@@ -177,26 +203,28 @@ class MLPInteractions:
         return dominant_share(self.read(codes), self.absG_LHN, chunk_tokens)
 
     def matrix(self, codes, chunk_tokens: int | None = None) -> InteractionMatrix:
-        """Pairwise interactions ``M[i, j]`` (:func:`.quantities.interaction_matrix`)."""
-        return interaction_matrix(self.read(codes), self.absG_LHN, self.w_LN, chunk_tokens)
+        """Pairwise interactions ``M[i, j]`` (:func:`.quantities.interaction_matrix`; gated: certified weights)."""
+        return interaction_matrix(self.read(codes), self.absG_LHN, self.w_LN, chunk_tokens,
+                                  self._cached("pairs", self._pairs))
 
     def token_scores(self, codes, chunk_tokens: int | None = None) -> TokenScores:
-        """Per-token interaction scores ``T(t)`` (:func:`.quantities.token_interaction_scores`)."""
-        return token_interaction_scores(self.read(codes), self.absG_LHN, self.w_LN, chunk_tokens)
+        """Per-token interaction scores ``T(t)`` (:func:`.quantities.token_interaction_scores`; gated:
+        certified weights, so ``Lip(σ)·T_l(t)`` bounds block ``l``'s error for both kinds)."""
+        return token_interaction_scores(self.read(codes), self.absG_LHN, self.w_LN, chunk_tokens,
+                                        self._cached("pairs", self._pairs))
 
-    def contributions(self, codes) -> torch.Tensor:
-        """``p_LTNK[l, t, n, k] = val[t, k] · G_l[idx[t, k], n]`` for every slot, padded ones giving 0.
+    def contributions(self, codes) -> torch.Tensor | GatedContributions:
+        """``p_LTNK[l, t, n, k] = val[t, k] · G_l[idx[t, k], n]`` for every slot, padded ones giving 0;
+        for a gated MLP a :class:`GatedContributions` of ``p_gate`` and ``p_up`` (one per input matrix).
 
         Memory ``L·T·N·K``: meant for short inputs and tests. Differentiable in the codes' values
         and, when autograd is on and the decoder requires grad, in the live decoder rows.
         """
         W_live = self.decoder()[0] if torch.is_grad_enabled() else None
         G = input_products(W_live, self.mlp) if W_live is not None and W_live.requires_grad else self.G
-        if len(G) != 1:
-            raise TypeError(f"contributions() gives one p per feature and neuron; a {self.mlp.kind} MLP has "
-                            f"{len(G)} input matrices")
         idx_BK, val_BK = checked_codes(codes, self.W_dec_LHD.shape[1])
-        return torch.stack([block_contributions(idx_BK, val_BK, G_HN) for G_HN in G[0]])
+        return self.mlp.contributions(tuple(torch.stack([block_contributions(idx_BK, val_BK, G_HN) for G_HN in G_m])
+                                            for G_m in G))
 
     @torch.no_grad()
     def feature_wise(self, codes, chunk_tokens: int = 256) -> list[FeatureWiseMLP]:

@@ -45,7 +45,7 @@ class PenaltyInputs(NamedTuple):
     W_in: tuple
     """The kind's input matrices ``W_m`` ``[L, D, N]`` on the decoder's device and dtype."""
     chain: Callable
-    """The kind's ``chain(∂/∂M, G) -> ∂/∂G_m per matrix`` (:mod:`.mlp`)."""
+    """The kind's ``chain(∂/∂M, G) -> ∂/∂G_m per matrix`` (:mod:`.mlp`; an iterable, each used before the next)."""
 
 
 def check_form(form: str) -> None:
