@@ -94,7 +94,8 @@ _export("lm.harvest", "harvest", "ActivationBuffer")
 _export("lm.positions", "harvest_positions", "harvest_prompts", "HarvestedPositions", "PromptBatch",
         "NotEnoughPositionsError")
 _export("lm.generation", "generate_tokens")
-_export("interactions.mlp", "MLPWeights", "mlp_weights", "activation", "lipschitz", "verify_mlp_weights")
+_export("interactions.mlp", "MLPWeights", "GatedMLPWeights", "GatedContributions", "mlp_weights", "activation",
+        "lipschitz", "verify_mlp_weights")
 _export("interactions.object", "MLPInteractions")
 _export("interactions.kernels", "kernel_status", "set_backend", "use_backend")
 _export("interactions.measures", "dominant_share", "feature_contributions", "interaction_matrix",

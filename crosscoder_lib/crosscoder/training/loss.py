@@ -32,21 +32,17 @@ from crosscoder_lib.crosscoder.activations import SparseCodes, auxk_codes, l0
 from crosscoder_lib.crosscoder.distributed import SINGLE, SingleProcess
 from crosscoder_lib.crosscoder.model import Crosscoder
 from crosscoder_lib.interactions.kernels import penalty_library
-from crosscoder_lib.interactions.mlp import MLPWeights
+from crosscoder_lib.interactions.mlp import AnyMLP
 from crosscoder_lib.interactions.object import MLPInteractions
 from crosscoder_lib.interactions.penalty import InteractionStats
-from crosscoder_lib.lm.hookpoints import mlp_input_slots
 
 PenaltyFn = Callable[[SparseCodes], InteractionStats]
 
 
-def interaction_term(crosscoder: Crosscoder, mlp: MLPWeights, form: str) -> PenaltyFn:
+def interaction_term(crosscoder: Crosscoder, mlp: AnyMLP, form: str) -> PenaltyFn:
     """``codes -> InteractionStats(penalty, dominant_share)`` of the crosscoder's current decoder at
-    the MLP-input slots (differentiable through the codes and ``W_dec_HXD``)."""
-    slots = mlp_input_slots(crosscoder.cfg.hookpoints)
-    if mlp.n_blocks != len(slots):
-        raise ValueError(f"mlp has {mlp.n_blocks} blocks but the hookpoints have {len(slots)} MLP-input slots")
-
+    the MLP-input slots (differentiable through the codes and ``W_dec_HXD``). ``mlp`` may hold the
+    whole model's blocks: those the crosscoder's hookpoints read are taken."""
     interactions = MLPInteractions.of(crosscoder, mlp)
 
     def penalty(codes: SparseCodes) -> InteractionStats:
