@@ -22,10 +22,9 @@ from crosscoder_lib.proofs.attention import (
     attention_output,
     attention_scores,
     attention_weights,
-    layer_norm,
-    layer_norm_change_bound,
     spectral_norm,
 )
+from crosscoder_lib.proofs.norms import layer_norm, layer_norm_change_bound
 from crosscoder_lib.proofs.layerwise import certified_error_bound
 from crosscoder_lib.proofs.length import forward_flops, proof_length
 from crosscoder_lib.proofs.qk_split import ln1_decoder, qk_split

@@ -40,14 +40,8 @@ from crosscoder_lib.interactions.bound import soundness, tightness
 from crosscoder_lib.interactions.mlp import MLPWeights, activation, lipschitz
 from crosscoder_lib.interactions.object import MLPInteractions
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
-from crosscoder_lib.proofs.attention import (
-    attention_change_bound,
-    attention_output,
-    attention_weights,
-    layer_norm,
-    layer_norm_change_bound,
-    spectral_norm,
-)
+from crosscoder_lib.proofs.attention import attention_change_bound, attention_output, attention_weights, spectral_norm
+from crosscoder_lib.proofs.norms import layer_norm, layer_norm_change_bound
 
 F64 = torch.float64
 
