@@ -154,13 +154,12 @@ def _mlp_step(w: _Walk, mlp_prop: MLPPropagation, l: int, names: tuple, fw) -> N
     """The MLP, with the residual connection from ``resid_mid``; ``fw``: the block's feature-wise
     MLP when the residual's interaction part is replaced by its bound, else None (exact residual)."""
     mid, ln2, post = names
-    n_seq, S = w.bound[mid].shape
     mlp_out, change, w.lip[post] = mlp_prop.through(w.x_hat[ln2], w.bound[ln2], l)
     w.prop[post] = w.bound[mid] + change
     if fw is None:
         w.settle(post, w.x_hat[mid] + mlp_out)
         return
-    w.inter[post] = _padded(w, fw.bound_mid_T, torch.zeros(n_seq, S, dtype=F64))
+    w.inter[post] = _padded(w, fw.bound_mid_T, torch.zeros_like(w.bound[mid]))
     g = _padded(w, fw.g_TD, w.x_hat[post] - w.x_hat[mid])  # at BOS: exact, so no single-feature error
     w.single[post] = (w.x_hat[mid] + g - w.x_hat[post]).norm(dim=-1)
     w.settle(post, w.x_hat[mid] + mlp_out, w.inter[post] + w.single[post])
@@ -201,6 +200,7 @@ def certified_error_bound(bridge, crosscoder, mlp, tokens_BS: torch.Tensor, *, e
     i.e. ``‖ε‖_bound + ‖m̂ + g − x̂_post‖``.
     """
     hookpoints, window, start = _checked_layout(bridge, crosscoder, mlp, tokens_BS, exclude_first, mlp_residual)
+    mlp_prop = mlp_propagation(mlp, window[0])
     carried = [f"blocks.{l}.hook_resid_post" for l in range(window[-1] + 1, bridge.cfg.n_layers)]
     tokens_BS = tokens_BS.to(bridge.cfg.device)
     attn = attention_weights(bridge, tokens_BS[:1])
@@ -208,7 +208,6 @@ def certified_error_bound(bridge, crosscoder, mlp, tokens_BS: torch.Tensor, *, e
     codes, x_hat = _reconstruction(crosscoder, cache, x, hookpoints, start)
     actual = {h: (x[h] - x_hat[h]).norm(dim=-1) for h in hookpoints}
     w = _Walk(x_hat, hookpoints[0], actual[hookpoints[0]].clone(), start, float(bridge.cfg.eps), norm_kind(bridge))
-    mlp_prop = mlp_propagation(mlp, window[0])
     fw = None
     if mlp_residual == "interaction_bound":
         fw = MLPInteractions.of(crosscoder, mlp.select(slice(window[0], window[-1] + 1))).feature_wise(codes,
@@ -247,7 +246,7 @@ def _logits_and_loss(bridge, w: _Walk, hookpoints: list, carried: list, logits: 
     z = logits.to(F64)
     targets = tokens_BS[:, 1:]
     ce, ce_hat = cross_entropy(z[:, :-1], targets), cross_entropy(logits_hat[:, :-1], targets)
-    pad = torch.zeros(n_seq, 1, dtype=F64)
+    pad = torch.zeros(n_seq, 1, dtype=F64, device=z.device)
     scale = {h: w.scale[h] for h in hookpoints + carried}
     scale["logits"] = 1 + logits_hat.abs().amax(-1)
     scale["loss"] = 1 + torch.cat([ce_hat, pad], 1)

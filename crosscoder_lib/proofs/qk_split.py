@@ -70,8 +70,9 @@ def qk_split(codes, W_dec_HD: torch.Tensor, mu_D: torch.Tensor, attn: AttentionW
     q_bar = torch.einsum("d,hde->he", mu, W_Q) + attn.b_Q[block]
     k_bar = torch.einsum("d,hde->he", mu, W_K) + per_query_head(attn.b_K[block], attn, 0)
     used, pos = torch.unique(idx_BK, return_inverse=True)  # features active in this sequence
-    a_SU = torch.zeros(S, len(used), dtype=F64).index_put_((torch.arange(S)[:, None].expand_as(pos), pos),
-                                                            val_BK.detach().to(F64), accumulate=True)
+    rows = torch.arange(S, device=pos.device)[:, None].expand_as(pos)
+    a_SU = torch.zeros(S, len(used), dtype=F64, device=pos.device).index_put_((rows, pos), val_BK.detach().to(F64),
+                                                                             accumulate=True)
     d_UD = W_dec_HD.detach().to(F64)[used]
     dq_HUE = torch.einsum("ud,hde->hue", d_UD, W_Q)
     dk_HUE = torch.einsum("ud,hde->hue", d_UD, W_K)
