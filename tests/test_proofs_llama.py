@@ -235,6 +235,22 @@ def test_proof_length_counts_llama_shapes():
     assert rope.brute_per_input - dense.brute_per_input == 2 * 5 * 3 * (4 + 4) * 2
 
 
+def test_proof_length_of_a_crosscoder_over_a_window():
+    deep = dict(n_blocks=30, d_model=576, d_mlp=1536, n_heads=9, d_head=64, vocab=49152, seq=64, n_features=2048,
+                k=20, n_kv_heads=3, gated=True, rotary=True)
+    assert proof_length([1.0], **deep, window=30) == proof_length([1.0], **deep)
+    window = proof_length([0.0, 1.0], **deep, window=4)
+    shallow = proof_length([0.0, 1.0], **{**deep, "n_blocks": 4})
+    # the crosscoder's part is a 4-block model's; the other 26 blocks run as the model on every input
+    assert window.crosscoder_once == shallow.crosscoder_once
+    other_blocks = 64 * 26 * (2 * 576 * 64 * (2 * 9 + 2 * 3) + 3 * 2 * 576 * 1536) + 26 * 2 * 2 * 9 * 64 * 64 * 64 \
+        + 26 * 64 * 3 * (9 + 3) * 64
+    assert window.crosscoder_per_input == shallow.crosscoder_per_input + other_blocks
+    assert window.brute_per_input == forward_flops(**{k: v for k, v in deep.items() if k not in ("n_features", "k")})
+    with pytest.raises(ValueError, match="window"):
+        proof_length([1.0], **deep, window=31)
+
+
 # -- on SmolLM2-135M --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

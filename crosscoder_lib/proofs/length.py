@@ -75,7 +75,7 @@ def model_shape(bridge) -> dict:
 
 def proof_length(n_inputs, *, n_blocks: int, d_model: int, d_mlp: int, n_heads: int, d_head: int, vocab: int,
                  seq: int, n_features: int, k: int, n_slots: int | None = None, n_kv_heads: int | None = None,
-                 gated: bool = False, rotary: bool = False) -> ProofLength:
+                 gated: bool = False, rotary: bool = False, window: int | None = None) -> ProofLength:
     """Proof length in FLOPs as a function of the number of inputs (sequences of ``seq`` tokens).
 
     **Brute force**: run the model on every input, ``n · forward_flops``.
@@ -96,18 +96,30 @@ def proof_length(n_inputs, *, n_blocks: int, d_model: int, d_mlp: int, n_heads: 
       the same with RoPE: the table is per offset); and the error recurrence (a few FLOPs per
       hookpoint, with ``O(k·D)`` norms of reconstructions).
 
+    ``window``: the crosscoder reads ``window`` consecutive blocks of the ``n_blocks`` (default all;
+    ``X = 4·window + 1`` slots). ``L`` above is then ``window``, and every input also pays the
+    other blocks' share of :func:`forward_flops` (run as the model, before the window to reach its
+    first hookpoint, after it to carry the error to the logits, as
+    :func:`crosscoder_lib.proofs.layerwise.certified_error_bound` does).
+
     Counting is for comparison, not a measured run: the point is the shape — a large fixed cost
     and a per-input slope, against brute force's slope — and where they cross.
     """
     n = torch.as_tensor(n_inputs, dtype=F64)
-    L, D, N, H = n_blocks, d_model, d_mlp, n_features
+    L = n_blocks if window is None else window
+    if not 1 <= L <= n_blocks:
+        raise ValueError(f"window must be between 1 and n_blocks = {n_blocks} blocks; got {window}")
+    D, N, H = d_model, d_mlp, n_features
     X = n_slots if n_slots is not None else 4 * L + 1
     kv = n_heads if n_kv_heads is None else n_kv_heads
     m = _mlp_inputs(gated)
-    brute = float(forward_flops(L, D, N, n_heads, d_head, vocab, seq, n_kv_heads=kv, gated=gated, rotary=rotary))
+    arch = dict(n_kv_heads=kv, gated=gated, rotary=rotary)
+    brute = float(forward_flops(n_blocks, D, N, n_heads, d_head, vocab, seq, **arch))
     offsets = seq if rotary else 1
     once = (2 * L * H * D * N) * (m + 1) + 2 * L * H * D * D + 2 * L * n_heads * H * H * d_head * offsets \
         + 2 * L * H * D * d_head * (n_heads + kv) + 20 * 2 * L * ((m + 1) * D * N + 2 * D * d_head * (n_heads + kv))
     per_token = 2 * X * D * H + 4 * L * N * k * m + 2 * L * n_heads * seq * k * k + X * (2 * k * D + 10)
     per_input = float(seq * per_token)
+    if L < n_blocks:
+        per_input += float(forward_flops(n_blocks - L, D, N, n_heads, d_head, 0, seq, **arch))
     return ProofLength(n, n * brute, once + n * per_input, float(once), per_input, brute)
