@@ -98,15 +98,15 @@ def _checked_layout(bridge, crosscoder, mlp, tokens_BS: torch.Tensor, exclude_fi
     return hookpoints, range(first, first + n), start
 
 
-def _model_activations(bridge, watched: list, tokens_BS: torch.Tensor, attn) -> tuple:
+def _model_activations(bridge, watched: list, blocks: range, tokens_BS: torch.Tensor, attn) -> tuple:
     """``(logits, cache, x)``: the model at every watched hookpoint and position (``x`` in float64),
-    once its attention patterns are checked to be the re-implemented attention's."""
-    L = bridge.cfg.n_layers
-    ln1 = [f"blocks.{l}.ln1.hook_normalized" for l in range(L)]
-    wanted = set(watched) | set(ln1) | {f"blocks.{l}.attn.hook_pattern" for l in range(L)}
+    once its attention patterns in ``blocks`` (those the proof walks) are checked to be the
+    re-implemented attention's."""
+    ln1 = {l: f"blocks.{l}.ln1.hook_normalized" for l in blocks}
+    wanted = set(watched) | set(ln1.values()) | {f"blocks.{l}.attn.hook_pattern" for l in blocks}
     logits, cache = bridge.run_with_cache(tokens_BS, names_filter=lambda n: n in wanted)
     x = {h: cache[h].to(F64) for h in watched}
-    for l in range(L):  # the proof's attention must be the model's
+    for l in blocks:  # the proof's attention must be the model's
         pat, _ = attention_output(cache[ln1[l]].to(F64), attn, l)
         err = float((pat - cache[f"blocks.{l}.attn.hook_pattern"].to(F64)).abs().max())
         if err > 1e-4:
@@ -200,14 +200,15 @@ def certified_error_bound(bridge, crosscoder, mlp, tokens_BS: torch.Tensor, *, e
     i.e. ``‖ε‖_bound + ‖m̂ + g − x̂_post‖``.
     """
     hookpoints, window, start = _checked_layout(bridge, crosscoder, mlp, tokens_BS, exclude_first, mlp_residual)
-    mlp_prop = mlp_propagation(mlp, window[0])
-    carried = [f"blocks.{l}.hook_resid_post" for l in range(window[-1] + 1, bridge.cfg.n_layers)]
+    norm, mlp_prop = norm_kind(bridge), mlp_propagation(mlp, window[0])
+    after = range(window[-1] + 1, bridge.cfg.n_layers)
+    carried = [f"blocks.{l}.hook_resid_post" for l in after]
     tokens_BS = tokens_BS.to(bridge.cfg.device)
     attn = attention_weights(bridge, tokens_BS[:1])
-    logits, cache, x = _model_activations(bridge, hookpoints + carried, tokens_BS, attn)
+    logits, cache, x = _model_activations(bridge, hookpoints + carried, range(window[0], after.stop), tokens_BS, attn)
     codes, x_hat = _reconstruction(crosscoder, cache, x, hookpoints, start)
     actual = {h: (x[h] - x_hat[h]).norm(dim=-1) for h in hookpoints}
-    w = _Walk(x_hat, hookpoints[0], actual[hookpoints[0]].clone(), start, float(bridge.cfg.eps), norm_kind(bridge))
+    w = _Walk(x_hat, hookpoints[0], actual[hookpoints[0]].clone(), start, float(bridge.cfg.eps), norm)
     fw = None
     if mlp_residual == "interaction_bound":
         fw = MLPInteractions.of(crosscoder, mlp.select(slice(window[0], window[-1] + 1))).feature_wise(codes,
@@ -215,7 +216,7 @@ def certified_error_bound(bridge, crosscoder, mlp, tokens_BS: torch.Tensor, *, e
     for i, l in enumerate(window):
         _block(w, attn, mlp_prop, l, tuple(hookpoints[4 * i:4 * i + 5]), fw[i] if fw is not None else None)
     last = hookpoints[-1]
-    for l in range(window[-1] + 1, bridge.cfg.n_layers):
+    for l in after:
         post = _carry(w, attn, mlp_prop, l, last, x, actual)
         if last in carried:  # it was only the input of block l
             del w.x_hat[last]
