@@ -22,10 +22,9 @@ from crosscoder_lib.proofs.attention import (
     attention_output,
     attention_scores,
     attention_weights,
-    layer_norm,
-    layer_norm_change_bound,
     spectral_norm,
 )
+from crosscoder_lib.proofs.norms import layer_norm, layer_norm_change_bound
 from crosscoder_lib.proofs.layerwise import certified_error_bound
 from crosscoder_lib.proofs.length import forward_flops, proof_length
 from crosscoder_lib.proofs.qk_split import ln1_decoder, qk_split
@@ -182,6 +181,32 @@ def test_certified_bound_rejects_other_layouts(bridge, tokens):
                            activation="topk", k=2)
     with pytest.raises(ValueError, match="paper"):
         certified_error_bound(bridge, Crosscoder(cfg), mlp_weights(bridge), tokens)
+
+
+@pytest.mark.parametrize("first_block", [0, 1])
+def test_certified_bound_over_a_window_of_blocks_is_sound(bridge, tokens, first_block):
+    """A crosscoder over one block of the two: after it the error is carried through the model to the logits."""
+    cfg = CrosscoderConfig(hookpoints=paper_hookpoints(1, first_block=first_block), d_model=bridge.cfg.d_model,
+                           n_features=64, activation="topk", k=4, init_seed=3)
+    cc = Crosscoder(cfg)
+    cc.set_input_scale(harvest(bridge, tokens, cfg.hookpoints))
+    for mode in ("exact", "interaction_bound"):
+        r = certified_error_bound(bridge, cc, mlp_weights(bridge), tokens, mlp_residual=mode)
+        assert r.hookpoints == cfg.hookpoints
+        assert r.carried == (("blocks.1.hook_resid_post",) if first_block == 0 else ())
+        assert set(r.soundness()) == set(r.hookpoints) | set(r.carried) | {"logits", "loss"}
+        assert all(v == 1.0 for v in r.soundness().values()), r.soundness()
+        for h in r.carried:  # the model itself after the window: no residual, the bound only propagated
+            assert torch.equal(r.bound[h], r.propagated[h]) and float(r.actual[h][:, 1:].min()) > 0
+
+
+def test_interaction_bound_of_an_mlp_kind_without_one_is_named(bridge, tokens):
+    class Fancy(MLPWeights):
+        kind = "fancy"
+
+    cc = random_crosscoder(bridge, tokens)
+    with pytest.raises(NotImplementedError, match=r"FEATURE_WISE\['fancy'\]"):
+        certified_error_bound(bridge, cc, Fancy(*mlp_weights(bridge)), tokens, mlp_residual="interaction_bound")
 
 
 def test_mlp_bound_agrees_with_the_model_path(bridge, tokens):
