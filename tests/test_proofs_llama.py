@@ -6,7 +6,6 @@ installed)."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import crosscoder_lib
 from crosscoder_lib.crosscoder.activations import SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.interactions.bound import soundness
-from crosscoder_lib.interactions.mlp import MLPWeights, activation, mlp_weights
+from crosscoder_lib.interactions.mlp import GatedMLPWeights, MLPWeights, mlp_weights
 from crosscoder_lib.lm.harvest import harvest
 from crosscoder_lib.lm.hookpoints import paper_hookpoints
 from crosscoder_lib.proofs.attention import (
@@ -38,63 +37,11 @@ from crosscoder_lib.world.smollm2 import MissingModelPackage, find_gguf
 F64 = torch.float64
 
 
-class _GatedStandIn(NamedTuple):
-    """The gated MLP kind as ``crosscoder_lib.interactions.mlp.GatedMLPWeights`` (issue 13, item 3)
-    offers it, for as long as the interactions layer of this branch has no gated kind: TransformerLens's
-    names (``W_in`` the up projection, ``W_out`` the down projection), ``kind == "gated"``, and the
-    members the proofs read (``input_weights``, ``preactivations``, ``output``, ``select``, ``to``)."""
-
-    W_gate_LDN: torch.Tensor
-    b_gate_LN: torch.Tensor
-    W_in_LDN: torch.Tensor
-    b_in_LN: torch.Tensor
-    W_out_LND: torch.Tensor
-    b_out_LD: torch.Tensor
-    act_fn: str
-
-    kind = "gated"
-
-    @property
-    def n_blocks(self) -> int:
-        return self.W_in_LDN.shape[0]
-
-    def input_weights(self):
-        return (self.W_gate_LDN, self.W_in_LDN)
-
-    def input_biases(self):
-        return (self.b_gate_LN, self.b_in_LN)
-
-    def preactivations(self, n2, block):
-        return (n2 @ self.W_gate_LDN[block] + self.b_gate_LN[block], n2 @ self.W_in_LDN[block] + self.b_in_LN[block])
-
-    def output(self, z, block):
-        return (activation(z[0], self.act_fn) * z[1]) @ self.W_out_LND[block] + self.b_out_LD[block]
-
-    def select(self, blocks: slice):
-        return _GatedStandIn(*(t[blocks] for t in self[:6]), act_fn=self.act_fn)
-
-    def to(self, device=None, dtype=None):
-        return _GatedStandIn(*(t.to(device=device, dtype=dtype) for t in self[:6]), act_fn=self.act_fn)
-
-
-try:
-    from crosscoder_lib.interactions.mlp import GatedMLPWeights
-except ImportError:
-    GatedMLPWeights = _GatedStandIn
-
-
 def gated_mlp_weights(bridge):
-    """The bridge's gated MLP weights: ``mlp_weights(bridge)`` once the interactions layer reads gated
-    MLPs; until then the same tensors in the stand-in (this branch's ``mlp_weights`` reads
-    ``bridge.b_in``, which a bias-free bridge raises for)."""
-    if GatedMLPWeights is not _GatedStandIn:
-        mlp = mlp_weights(bridge)
-        assert mlp.kind == "gated"
-        return mlp
-    W_gate, W_in, W_out = (getattr(bridge, n).detach().float().clone() for n in ("W_gate", "W_in", "W_out"))
-    L, D, N = W_in.shape
-    return _GatedStandIn(W_gate, torch.zeros(L, N), W_in, torch.zeros(L, N), W_out, torch.zeros(L, D),
-                         bridge.cfg.act_fn)
+    """The bridge's gated MLP weights (every block)."""
+    mlp = mlp_weights(bridge)
+    assert mlp.kind == "gated"
+    return mlp
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
