@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import torch
 
+from crosscoder_lib.interactions.bound import spectral_norm
 from crosscoder_lib.proofs.rotary import Rotary, rotary_of
 
 F64 = torch.float64
@@ -165,14 +166,6 @@ def attention_weights(bridge, probe_tokens: torch.Tensor | None = None) -> Atten
     raise ValueError(f"no score scale reproduces the model's attention pattern (max errors {errors}); "
                      "crosscoder_lib.proofs.attention models causal (optionally windowed) softmax attention, "
                      "with learned or rotary positions, only")
-
-
-def spectral_norm(W: torch.Tensor) -> torch.Tensor:
-    """``‖W‖₂`` of each matrix in a batch ``[..., m, n]``, from the largest eigenvalue of the smaller
-    Gram matrix (float64), rounded up by a relative 1e-9 so that bounds using it stay sound."""
-    W = W.to(F64)
-    gram = W @ W.transpose(-1, -2) if W.shape[-2] <= W.shape[-1] else W.transpose(-1, -2) @ W
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0.0).sqrt() * (1 + 1e-9)
 
 
 def attention_change_bound(n1_hat: torch.Tensor, delta: torch.Tensor, attn: AttentionWeights, block: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from crosscoder_lib.interactions.mlp import activation, apply_mlp, lipschitz
-from crosscoder_lib.proofs.attention import spectral_norm
+from crosscoder_lib.interactions.bound import spectral_norm
 
 F64 = torch.float64
 
