@@ -38,7 +38,8 @@ from crosscoder_lib.world import words
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "assets" / "corpora" / "smollm2_stories.jsonl.xz"
 DATASET = "smollm2-stories"
 """The ``DATASET`` name :func:`crosscoder_lib.world.data.load_texts` knows this corpus by."""
-REGENERATE = "python -m crosscoder_lib.lm.story_writer --out crosscoder_lib/assets/corpora/smollm2_stories.jsonl.xz"
+REGENERATE = ("python -m crosscoder_lib.lm.story_writer --out crosscoder_lib/assets/corpora/smollm2_stories.jsonl.xz "
+              "--workers 2")
 HELDOUT_EVERY = 10  # every tenth story (index 9, 19, ...) is held out, as for a local text file
 
 WORD_POOLS = {
