@@ -106,3 +106,10 @@ def test_entropy_per_token_is_positive_and_finite():
     ex = corpus.generate_examples(100, seed=5)
     h = corpus.entropy_per_token(ex, [len(e.text.split()) * 2 for e in ex])
     assert 0 < h < 5
+
+
+def test_category_of_reads_bpe_pieces_of_the_real_world():
+    from crosscoder_lib.world.words import category_of
+
+    assert [category_of(t) for t in ("Ġdog", "▁dog", "Dog", "ĠRed", "ĠLily", "Ġthe", "Ġzebra")] == \
+        ["animal", "animal", "animal", "colour", "name", "function", "unknown"]

