@@ -59,6 +59,11 @@ def page_id(notebook: Path) -> str:
 
 def toc_notebooks() -> list[Path]:
     """Every notebook the book's table of contents lists, in order (paths relative to the repo root)."""
+    return [Path(f + ".ipynb") for f in toc_files() if (ROOT / (f + ".ipynb")).is_file()]
+
+
+def toc_files() -> list[str]:
+    """Every file the book's table of contents lists, the root first, without suffix (``book/intro``)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files: list[str] = []
 
@@ -73,7 +78,7 @@ def toc_notebooks() -> list[Path]:
     walk(toc.get("chapters"))
     for part in toc.get("parts", []):
         walk(part.get("chapters"))
-    return [Path(f + ".ipynb") for f in files if (ROOT / (f + ".ipynb")).is_file()]
+    return [toc["root"], *files]
 
 
 def blockers(notebook: Path) -> list[str]:
@@ -163,6 +168,7 @@ def stage_book(dest: Path, executed: dict[Path, Path], *, execute_notebooks: str
     (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(ROOT / "book", dest / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("*.ipynb", "results"))
+    shutil.copytree(ROOT / "scripts", dest / "scripts", dirs_exist_ok=True)  # the book's Sphinx extension
     for notebook in toc_notebooks():
         target = dest / notebook
         target.parent.mkdir(parents=True, exist_ok=True)
