@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from crosscoder_lib.book import display
+from crosscoder_lib.book import compare, display
 from crosscoder_lib.book.parameters import check_parameters
 from crosscoder_lib.book.presets import fast_overrides
 from crosscoder_lib.book.results import describe_device, format_seconds, record, repo_root, world_of
@@ -123,6 +123,12 @@ class ChapterRun:
             raise ValueError(f"{self.chapter}: {name!r} is glued twice; the book would show only one of the values")
         self.glued[name] = value
         display.glue(name, value, fmt)
+
+    def show_worlds(self, reproduction: list[dict[str, Any]], **kwargs) -> compare.WorldComparison:
+        """Show this chapter's results in both worlds and the paper's, side by side: this run's
+        ``reproduction`` rows (those it will pass to :meth:`finish`) in its world's column, the other
+        world's from its results file of this build (:func:`crosscoder_lib.book.compare.world_comparison`)."""
+        return compare.show_worlds(self, reproduction, **kwargs)
 
     def finish(self, metrics: dict[str, Any], reproduction: list[dict[str, Any]] | None = None) -> None:
         """Write the results file and say where, relative to the book (returns nothing: it is a
