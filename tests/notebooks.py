@@ -144,7 +144,7 @@ def execute(notebook: Path, out: Path, results_dir: Path, parameters: dict | Non
         papermill.execute_notebook(
             str(ROOT / notebook) if not notebook.is_absolute() else str(notebook),
             str(out),
-            parameters=dict(injected_values(notebook), **FAST_PARAMETERS, **(parameters or {})),
+            parameters={**injected_values(notebook), **FAST_PARAMETERS, **(parameters or {})},
             cwd=str(out.parent),
             kernel_name="python3",
             progress_bar=False,

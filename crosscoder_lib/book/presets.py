@@ -1,8 +1,8 @@
-"""Parameter presets: each chapter's parameters for the paper's setting, for a free Colab T4, and
-for the CI smoke run.
+"""Parameter presets: each chapter's parameters for the paper's setting, for a free Colab T4, for
+the CI smoke run, and for the real world (SmolLM2) on a CPU.
 
 A preset is a dict of parameter names of the book's one schema (:mod:`crosscoder_lib.book.parameters`)
-that replaces the defaults of a chapter's ``parameters`` cell. Three presets exist:
+that replaces the defaults of a chapter's ``parameters`` cell. Four presets exist:
 
 - ``"paper"`` (chapters 1–5): the paper's setting (SPEC §5): ``roneneldan/TinyStories-Instruct-33M``,
   the ``roneneldan/TinyStoriesInstruct`` data set streamed with ``datasets``, a crosscoder of
