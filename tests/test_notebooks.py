@@ -12,7 +12,7 @@ import pytest
 import yaml
 from notebooks import ROOT, execute, injected_values, page_id, run_params, toc_notebooks
 
-from crosscoder_lib.book.pages import EXERCISES, WORLDS
+from crosscoder_lib.book.pages import EXERCISES, EXERCISES_LINK, WORLDS
 from crosscoder_lib.book.results import results_path, world_of
 
 NOTEBOOKS = toc_notebooks()
@@ -75,6 +75,9 @@ def test_chapter_is_committed_clean_and_runnable_on_colab(notebook):
     badge = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/{notebook.as_posix()}"
     assert any(badge in c.source for c in nb.cells if c.cell_type == "markdown"), (
         f"{notebook} needs a Colab badge linking to {badge}")
+    exercises = f"[{EXERCISES_LINK}](https://colab.research.google.com/github/{REPO_SLUG}/blob/main/" \
+                f"{EXERCISES}/{notebook.name})"
+    assert exercises in nb.cells[0].source, f"{notebook} needs, beside its badge, the link {exercises}"
 
 
 def _code_cells(notebook):

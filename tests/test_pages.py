@@ -84,6 +84,9 @@ def test_an_exercise_version_is_its_chapter_with_solutions_off(chapter):
     path = f"book/exercises/{chapter}.ipynb"
     version = _nb(ROOT / path)
     assert _badge(version, path) and _text(version["cells"][0]).startswith("# Exercises: ")
+    back = f"[{pages.CHAPTER_LINK}](https://colab.research.google.com/github/{REPO}/blob/main/" \
+           f"book/chapters/{chapter}.ipynb)"
+    assert back in _text(version["cells"][0]) and pages.EXERCISES_LINK not in _text(version["cells"][0])
     params = _text(version["cells"][_tagged(version, "parameters")])
     assert re.search(r"^SOLUTIONS = False\b", params, re.M) and "SOLUTIONS = True" not in params
     assert pages.exercise_cells(version) == pages.exercise_cells(source)
@@ -146,8 +149,8 @@ def test_a_source_without_what_a_page_needs_is_named():
 
 
 @pytest.mark.parametrize("chapter", [
-    pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason="exercise cells not yet inserted "
-                                             "(book/exercise_cells/, the per-chapter work)")] if c in NO_EXERCISES_YET else [])
+    pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason="exercise cells not yet inserted (book/exercise_cells/, "
+                                             "the per-chapter work)")] if c in NO_EXERCISES_YET else [])
     for c in CHAPTERS.values()])
 def test_the_exercise_version_runs_fast_to_its_first_exercise(chapter, fast_book_dir):
     version = _nb(ROOT / "book" / "exercises" / f"{chapter}.ipynb")

@@ -5,8 +5,10 @@ file fails, naming the finding."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from science import assert_above, assert_below, assert_between, committed, measured, reproduces
@@ -51,7 +53,7 @@ def _broken(good, tmp_path, **metrics):
 
 
 def _pytest(test_file, folder):
-    env = {**__import__("os").environ, "CROSSCODER_SCIENCE_RESULTS": str(folder)}
+    env = {**os.environ, "CROSSCODER_SCIENCE_RESULTS": str(folder)}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                            "--rootdir", str(test_file.parent), str(test_file)], capture_output=True, text=True, env=env,
                           cwd=str(test_file.parent))
@@ -60,7 +62,8 @@ def _pytest(test_file, folder):
 def test_a_science_test_fails_on_a_broken_copy_of_its_results(good, tmp_path):
     test_file = tmp_path / "test_science_of_03.py"
     test_file.write_text(SCIENCE_TEST)
-    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})\n")
+    tests = str(Path(__file__).parent)  # where science.py is
+    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {tests!r})\n")
     passed = _pytest(test_file, good)
     assert passed.returncode == 0, passed.stdout[-2000:]
     broken = _broken(good, tmp_path, share_at_1000=summarize_seeds([0.31, 0.36, 0.33])._asdict())
@@ -91,7 +94,8 @@ def test_a_number_without_an_interval_has_no_margin(good, tmp_path, monkeypatch)
         assert_above(committed(CH3), "fvu", 0.0)
     with pytest.raises(AssertionError, match=r"no metric 'share_at_30'; metrics are \['fvu', 'share_at_0'"):
         assert_above(committed(CH3), "share_at_30", 0.0)
-    monkeypatch.setenv("CROSSCODER_SCIENCE_RESULTS", str(_broken(good, tmp_path, share_at_0=summarize_seeds([0.3])._asdict())))
+    one_seed = _broken(good, tmp_path, share_at_0=summarize_seeds([0.3])._asdict())
+    monkeypatch.setenv("CROSSCODER_SCIENCE_RESULTS", str(one_seed))
     with pytest.raises(AssertionError, match=r"share_at_0 has 1 seed\(s\); a margin needs an interval from >= 3"):
         assert_above(committed(CH3), "share_at_1000", "share_at_0")
 
