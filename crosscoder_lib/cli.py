@@ -3,6 +3,7 @@
     crosscoder train run.json [--set train.lr=3e-4 --set crosscoder.k=32 ...]
     torchrun --nproc_per_node 4 -m crosscoder_lib.cli train run.json      # same file, 4 processes
     crosscoder-train run.json ...                                         # alias of "crosscoder train"
+    crosscoder pages [--check]       # the book's real-world pages and exercise versions, from the chapters
 
 Each command is one row of :data:`COMMANDS`: its help line and a ``main(argv) -> exit status``
 that parses the arguments after the command name, so a module with such a ``main`` becomes a
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from crosscoder_lib.book import pages
 from crosscoder_lib.crosscoder.distributed import init_from_env, teardown
 from crosscoder_lib.crosscoder.jsonconfig import ConfigError
 from crosscoder_lib.crosscoder.training import NonFiniteError, RunFolderBusy, TrainingInterrupted
@@ -97,6 +99,8 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command("train a crosscoder from a run-config JSON file", train_main),
+    "pages": Command("write the book's real-world pages and exercise versions from its chapters "
+                     "(--check: fail if one is stale)", pages.main),
 }
 
 

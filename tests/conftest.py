@@ -28,14 +28,18 @@ def fast_execution(fast_book_dir):
 
 @pytest.fixture(scope="session")
 def chapter_results(fast_execution):
-    """``chapter_results("01_crosscoders") -> dict``: the results file of the chapter's FAST run."""
+    """``chapter_results("01_crosscoders", world="embedded") -> dict``: the results file of the FAST run
+    of the chapter's page in that world (``book/chapters/<world>/<chapter>.ipynb`` for a real world)."""
     import json
 
-    def get(chapter: str) -> dict:
-        run = fast_execution(Path("book/chapters") / f"{chapter}.ipynb")
+    from crosscoder_lib.book.results import EMBEDDED_WORLD, results_path
+
+    def get(chapter: str, world: str = EMBEDDED_WORLD) -> dict:
+        folder = Path("book/chapters") if world == EMBEDDED_WORLD else Path("book/chapters") / world
+        run = fast_execution(folder / f"{chapter}.ipynb")
         if run.error is not None:
-            pytest.fail(f"chapter {chapter} failed under papermill (FAST): {run.error}")
-        return json.loads((run.results_dir / f"{chapter}.json").read_text())
+            pytest.fail(f"chapter {chapter} ({world}) failed under papermill (FAST): {run.error}")
+        return json.loads(results_path(chapter, world, run.results_dir).read_text())
 
     return get
 

@@ -4,35 +4,71 @@ and a failing cell fails the build."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
-from notebooks import ROOT, build_book, stage_book, toc_notebooks
+import yaml
+from browser import Browser, Inspection, find_browser
+from notebooks import NOT_YET, ROOT, build_book, page_id, stage_book, toc_files, toc_notebooks
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  # no network at all: every http(s) request goes to a closed local port; file:// still works
-                  "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
+BROWSER = find_browser()
+needs_browser = [pytest.mark.browser, pytest.mark.skipif(
+    BROWSER is None, reason="needs headless Chromium or Chrome: install Debian's 'chromium' package (as root: "
+    "apt-get install chromium), or run `make test`, which installs it where it can")]
+# Every page of the built book, as its path in _build/html.
+PAGES = [Path(f).with_suffix(".html").as_posix() for f in toc_files()] + ["genindex.html", "search.html"]
+# Defects of one chapter's own content that the browser finds (strict: a fixed page fails until its entry goes).
+PAGE_DEFECTS = {
+    "book/chapters/02_compact_proofs.html": "an inline formula of the layer-wise bound (‖e_post‖ ≤ …) is left as raw "
+                                            "TeX and is wider than the column: it should be display math",
+    "book/chapters/smollm2/02_compact_proofs.html": "the chapter's raw-TeX inline formula (see the toy page)",
+    "book/chapters/04_interaction_clusters.html": "an empty widget Output area: the chapter's explorer shows nothing "
+                                                  "in the built book",
+}
+
+
+def screenshots_dir() -> Path:
+    """Where the browser test saves a screenshot of each page: ``$CROSSCODER_ARTEFACTS/screenshots``, else
+    ``_build/screenshots`` of the checkout."""
+    base = os.environ.get("CROSSCODER_ARTEFACTS")
+    return Path(base) / "screenshots" if base else ROOT / "_build" / "screenshots"
 
 
 @pytest.fixture(scope="session")
 def built_book(fast_execution, tmp_path_factory) -> Path:
+    """The book built from the pages' FAST executions; a real-world page that cannot run yet (NOT_YET) is
+    built from its committed, unexecuted notebook."""
     executed = {}
     for notebook in toc_notebooks():
         run = fast_execution(notebook)
-        if run.error is not None:
+        if run.error is not None and page_id(notebook) not in NOT_YET:
             pytest.fail(f"cannot build the book: {notebook} failed under papermill: {run.error}")
-        executed[notebook] = run.executed
+        if run.error is None:
+            executed[notebook] = run.executed
     source = stage_book(tmp_path_factory.mktemp("book_src"), executed)
     proc = build_book(source)
     assert proc.returncode == 0, f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return source / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def inspected(built_book) -> dict[str, Inspection]:
+    """Every page of the built book opened in the browser, checked, and its screenshot saved."""
+    shots = screenshots_dir()
+    with Browser(BROWSER) as browser:
+        return {page: browser.inspect(built_book / page, shots / Path(page).with_suffix(".png")) for page in PAGES}
+
+
+def test_make_book_leaves_unexecuted_exactly_the_pages_that_cannot_run_yet():
+    """_config.yml's execute.exclude_patterns (what make book does not run) are the NOT_YET pages: a page
+    that runs is executed by make book, and one that cannot yet does not fail it."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    excluded = {page_id(Path(p)) for p in config["execute"].get("exclude_patterns", [])}
+    assert excluded == set(NOT_YET), "keep _config.yml's execute.exclude_patterns equal to tests/notebooks.py NOT_YET"
 
 
 def test_every_chapter_is_built(built_book):
@@ -75,39 +111,30 @@ def test_markdown_tables_render_as_tables(built_book):
     assert "| preset | chapter |" not in html
 
 
-def _chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium on ``page`` with a throw-away profile, no network, 20 s of virtual time."""
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", *args,
-             page.as_uri()],
-            capture_output=True, text=True, timeout=180)
+@pytest.mark.parametrize("page", [pytest.param(p, id=p, marks=[*needs_browser, *(
+    [pytest.mark.xfail(strict=True, reason=PAGE_DEFECTS[p])] if p in PAGE_DEFECTS else [])]) for p in PAGES])
+def test_every_page_reads_as_it_should(page, inspected):
+    """Each page in headless Chromium with no network, as a reader sees it: no raw Markdown table, no raw TeX
+    outside typeset math, no traceback, warning or object repr in an output, no absolute path, no empty widget,
+    no console error, no image that fails to load, nothing past the content column's right edge. Its
+    screenshot is saved (screenshots_dir())."""
+    seen = inspected[page]
+    print(f"screenshot: {seen.screenshot}")
+    assert seen.screenshot.is_file() and seen.screenshot.stat().st_size > 20_000, f"{page}: no screenshot, or a blank page"
+    problems = seen.problems()
+    assert not problems, f"{page} as a reader sees it:\n" + "\n".join(f"  {p}" for p in problems)
 
 
-def _dom(page: Path) -> str:
-    return _chromium(page, "--dump-dom").stdout
-
-
+@pytest.mark.parametrize("page", ["book/chapters/00_why_features_interact.html"])
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: install Debian's 'chromium' package "
-                    "(as root: apt-get install chromium), or run `make test`, which installs it where it can")
-def test_math_is_typeset_and_widgets_render_offline(built_book):
-    page = built_book / "book" / "chapters" / "00_why_features_interact.html"
-    dom = _dom(page)
-    assert dom.count("<mjx-container") >= 5, "MathJax did not typeset the chapter's math"
-    assert "widget-slider" in dom, "the ipywidgets slider did not render"
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (see the test above)")
-def test_screenshot_of_a_chapter(built_book, tmp_path):
-    """A screenshot of chapter 0 (kept in the test's tmp folder, path printed): a rendered page makes a
-    large PNG; a blank or unstyled one compresses to a small file."""
-    page = built_book / "book" / "chapters" / "00_why_features_interact.html"
-    shot = tmp_path / "chapter00.png"
-    _chromium(page, "--window-size=1280,4000", f"--screenshot={shot}")
-    print(f"screenshot: {shot}")
-    assert shot.is_file() and shot.stat().st_size > 50_000, "no screenshot, or a blank page"
+@pytest.mark.skipif(BROWSER is None, reason="needs headless Chromium or Chrome (see above)")
+def test_math_is_typeset_and_widgets_render_offline(page, inspected):
+    """Chapter 0's math is typeset and its slider drawn, with no network; a rendered page makes a large
+    screenshot (a blank or unstyled one compresses to a small file)."""
+    seen = inspected[page]
+    assert seen.mathjax >= 5, "MathJax did not typeset the chapter's math"
+    assert seen.widgets >= 1, "the ipywidgets slider did not render"
+    assert seen.screenshot.stat().st_size > 50_000, "a blank or unstyled page"
 
 
 def test_a_failing_cell_fails_the_book_build(tmp_path):
@@ -121,6 +148,7 @@ def test_a_failing_cell_fails_the_book_build(tmp_path):
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/broken\n")
     (tmp_path / "book" / "references.bib").write_text((ROOT / "book" / "references.bib").read_text())
     shutil.copytree(ROOT / "book" / "offline", tmp_path / "book" / "offline")
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
     proc = build_book(tmp_path)
     assert proc.returncode != 0, "a notebook with a failing cell must fail the build"
     assert "ZeroDivisionError" in proc.stdout + proc.stderr

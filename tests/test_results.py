@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from notebooks import ROOT, notebook_defaults, toc_notebooks
+from notebooks import ROOT, injected_values, notebook_defaults, run_params, toc_notebooks
 from scipy import stats
 
 from crosscoder_lib.book import results, seeds
@@ -43,15 +43,16 @@ def test_committed_results_are_full_runs():
         assert data["fast"] is False, f"{path.name} comes from a FAST run; commit only full runs"
 
 
-@pytest.mark.parametrize("notebook", [nb for nb in toc_notebooks() if nb.parts[:2] == ("book", "chapters")],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", run_params([nb for nb in toc_notebooks() if nb.parts[:2] == ("book", "chapters")]))
 def test_every_chapter_has_results_from_its_current_defaults(notebook):
-    """Each chapter's committed results come from a full run with the parameters its notebook has now:
-    a changed default without a re-run leaves the README table describing another experiment."""
-    path = ROOT / "book" / "results" / f"{notebook.stem}.json"
+    """Each page's committed results come from a full run with the parameters it has now (a real-world
+    page: its chapter's defaults with its world cell on top), in its world's file: a changed default
+    without a re-run leaves the README table describing another experiment."""
+    defaults = dict(notebook_defaults(ROOT / notebook), **injected_values(notebook))
+    path = results.results_path(notebook.stem, results.world_of(defaults["MODEL"]), ROOT / "book" / "results")
     assert path.is_file(), f"no {path.relative_to(ROOT)}: run the chapter with its defaults (make book) and commit it"
     recorded = json.loads(path.read_text())["params"]
-    stale = {name: (recorded[name], default) for name, default in notebook_defaults(ROOT / notebook).items()
+    stale = {name: (recorded[name], default) for name, default in defaults.items()
              if name in recorded and recorded[name] != default}
     assert not stale, f"{path.name} was made with other defaults (recorded, notebook): {stale}; re-run the chapter"
 

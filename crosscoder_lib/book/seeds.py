@@ -44,6 +44,15 @@ class SeedSummary(NamedTuple):
         """``"0.713 ± 0.063 (n=3)"`` (the reproduction table's format)."""
         return format_value(self._asdict(), digits)
 
+    def __format__(self, spec: str) -> str:
+        """``format(s, ".2f")`` is ``"0.71 ± 0.06 (n=3)"``: the mean and the half-width in ``spec``
+        (so a chapter glues or prints a seed summary as it would one number); ``""`` is :meth:`cell`."""
+        if not spec:
+            return self.cell()
+        if self.n == 1 or not math.isfinite(self.half_width):
+            return f"{self.mean:{spec}} (n={self.n})"
+        return f"{self.mean:{spec}} ± {self.half_width:{spec}} (n={self.n})"
+
 
 def summarize_seeds(values: Mapping[int, float] | Sequence[float], confidence: float = 0.95,
                     seeds: Sequence[int] | None = None) -> SeedSummary:
