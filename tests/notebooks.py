@@ -126,6 +126,9 @@ class Execution:
     error: BaseException | None
 
 
+CELL_TIMEOUT_S = 900
+
+
 def execute(notebook: Path, out: Path, results_dir: Path, parameters: dict | None = None) -> Execution:
     """Run ``notebook`` with papermill into ``out``; record (not raise) a failure. A real-world page that
     cannot run yet (:func:`blockers`) is not run: its error is :class:`Blocked`, naming why."""
@@ -148,6 +151,9 @@ def execute(notebook: Path, out: Path, results_dir: Path, parameters: dict | Non
             cwd=str(out.parent),
             kernel_name="python3",
             progress_bar=False,
+            # A kernel that stops answering (seen once on a loaded machine: kernel and client both idle)
+            # must fail the test, not hang CI: no FAST cell takes minutes.
+            execution_timeout=CELL_TIMEOUT_S,
         )
     except Exception as exc:  # papermill raises PapermillExecutionError on a failing cell
         error = exc
