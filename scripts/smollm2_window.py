@@ -35,11 +35,11 @@ def measure_window(model, mlp, first_block: int, args) -> dict:
     texts = load_texts("smollm2-stories", "train", args.n_texts)
     t0 = time.perf_counter()
     train_set = harvest_positions(model, texts, hookpoints, args.n_tokens, context_len=args.context_len,
-                                  batch_size=16, seed=0)
+                                  batch_size=16, seed=0, pack=False)
     harvest_s = time.perf_counter() - t0
     held = load_texts("smollm2-stories", "heldout", args.n_texts // 4)
     test_set = harvest_positions(model, held, hookpoints, args.n_test_tokens, context_len=args.context_len,
-                                 batch_size=16, seed=1)
+                                 batch_size=16, seed=1, pack=False)
     cfg = CrosscoderConfig(hookpoints=hookpoints, d_model=model.cfg.d_model, n_features=args.n_features, k=20,
                            dead_steps=max(10, args.steps // 6), init_seed=0)
     cc = train(TrainConfig(n_steps=args.steps, batch_size=256, lr=2e-3, seed=0), train_set.acts_BXD, crosscoder=cfg,
@@ -47,7 +47,7 @@ def measure_window(model, mlp, first_block: int, args) -> dict:
     with torch.no_grad():
         share = float(MLPInteractions.of(cc, mlp).dominant_share(cc.encode(test_set.acts_BXD)))
     fvu = evaluate_reconstruction(cc, test_set.acts_BXD).fvu
-    batches = token_batches(held, model.tokenizer, batch_size=8, context_len=args.context_len, seed=2)
+    batches = token_batches(held, model.tokenizer, batch_size=8, context_len=args.context_len, seed=2, pack=False)
     results = ablation_fidelity(model, cc, mlp, batches, max_batches=args.ablation_batches, progress=False)
     per_block = {}
     for r in results:

@@ -56,7 +56,8 @@ class NotEnoughPositionsError(ValueError):
         self.partial = partial
 
 
-def _batches(source, tokenizer, batch_size: int, context_len: int | None, seed: int) -> Iterable[torch.Tensor]:
+def _batches(source, tokenizer, batch_size: int, context_len: int | None, seed: int,
+             pack: bool) -> Iterable[torch.Tensor]:
     """Token batches from ``source``: its own batches, or windows cut from its texts."""
     if isinstance(source, Sequence) and not isinstance(source, str):
         first = source[0] if len(source) else None
@@ -70,20 +71,20 @@ def _batches(source, tokenizer, batch_size: int, context_len: int | None, seed: 
         return source
     if context_len is None:
         raise ValueError("harvest_positions needs context_len to cut texts into windows")
-    return token_batches(source, tokenizer, batch_size=batch_size, context_len=context_len, seed=seed)
+    return token_batches(source, tokenizer, batch_size=batch_size, context_len=context_len, seed=seed, pack=pack)
 
 
 @torch.no_grad()
 def harvest_positions(model, texts_or_batches: Iterable[str] | Iterable[torch.Tensor], hookpoints: list[str],
                       n_positions: int | None, *, context_len: int | None = None, batch_size: int = 16,
-                      seed: int = 0, tokenizer=None, harvester: Callable = harvest,
+                      seed: int = 0, tokenizer=None, harvester: Callable = harvest, pack: bool = True,
                       progress: bool | str = False) -> HarvestedPositions:
     """The first ``n_positions`` positions of a stream, harvested at ``hookpoints``.
 
     ``texts_or_batches``: texts (cut into BOS-first windows of ``context_len`` tokens by
     :func:`~crosscoder_lib.world.data.token_batches` with ``batch_size`` and ``seed``, one pass,
-    tokenised by ``tokenizer``, default ``model.tokenizer``), or token batches ``tokens_BS`` used as
-    they come. ``n_positions=None`` harvests every position of the stream. Each batch goes through
+    tokenised by ``tokenizer``, default ``model.tokenizer``; ``pack=False``: one document per window,
+    as the real world needs), or token batches ``tokens_BS`` used as they come. ``n_positions=None`` harvests every position of the stream. Each batch goes through
     ``harvester(model, tokens_BS, hookpoints)`` (default :func:`~crosscoder_lib.lm.harvest.harvest`)
     whole; the last one is cut after the ``n_positions``-th position. ``progress``: a tqdm bar
     (``True`` or its label), closed when the harvest ends.
@@ -94,7 +95,7 @@ def harvest_positions(model, texts_or_batches: Iterable[str] | Iterable[torch.Te
     if n_positions is not None and n_positions < 1:
         raise ValueError(f"n_positions must be >= 1 (or None for the whole stream), got {n_positions}")
     batches = _batches(texts_or_batches, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None),
-                       batch_size, context_len, seed)
+                       batch_size, context_len, seed, pack)
     acts, windows, held = [], [], 0
     label = progress if isinstance(progress, str) else "harvest"
     with tqdm(total=n_positions, desc=label, unit="position", disable=not progress) as bar:
