@@ -17,7 +17,6 @@ alone: the checker's own frames are not the reader's business.
 from __future__ import annotations
 
 import math
-import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,11 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 class ExerciseFailed(AssertionError):
     """A reader's solution is wrong or not written yet; the message says which case, what and why."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython (and so Jupyter and papermill) shows these lines instead of the checker's traceback,
+        # and still reports the error under this class's name.
+        return [f"{type(self).__name__}: {self}"]
 
 
 class Mistake(NamedTuple):
@@ -99,20 +103,6 @@ def _reader_line(err: BaseException) -> str:
     return f" (line {f.lineno} of {f.name}{code})"
 
 
-def _show_message(shell, etype, value, tb, tb_offset=None) -> None:
-    print(f"{etype.__name__}: {value}", file=sys.stderr)
-
-
-def _quiet_in_ipython() -> None:
-    """Inside IPython, show an :class:`ExerciseFailed` as its message without the checker's traceback
-    (once, and only where no other custom exception handler is installed)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    if shell is None or not hasattr(shell, "set_custom_exc") or getattr(shell, "custom_exceptions", ()):
-        return
-    shell.set_custom_exc((ExerciseFailed,), _show_message)
-
-
 class Exercise:
     """One run of a checker over a reader's function ``fn`` (module docstring).
 
@@ -135,7 +125,6 @@ class Exercise:
         if detail:
             lines.append(f"  {detail}")
         lines.append(f"  Hint: {hint or self.hint}")
-        _quiet_in_ipython()
         raise ExerciseFailed("\n".join(lines)) from cause
 
     # -- running -------------------------------------------------------------------------------
@@ -148,8 +137,7 @@ class Exercise:
         try:
             out = self.fn(*args, **kwargs)
         except NotImplementedError:
-            _quiet_in_ipython()
-            raise ExerciseFailed(
+                raise ExerciseFailed(
                 f"Exercise {self.number} ({self.title}) is not done yet: write the body of {self.name}() below "
                 f"its `if not SOLUTIONS` line (its docstring gives the formula and the shapes), then run the "
                 f"cell again; SOLUTIONS = True in the parameters cell uses the published solution instead.") from None
