@@ -5,12 +5,13 @@ CHAPTER = "06_full_scale"
 
 
 def test_every_preset_matches_its_chapter(chapter_results):
-    """All 5 chapters x 2 presets, and the fast preset of all 7 chapters, were checked against the
-    notebooks' parameters cells (the test runs inside the checkout), with no unknown name and no type
+    """All 5 chapters x 2 presets, the smollm2 world preset of the 5, and the fast preset of all 7
+    chapters, were checked against the notebooks' parameters cells (the test runs inside the checkout), with no unknown name and no type
     differing from the notebook default."""
     m = chapter_results(CHAPTER)["metrics"]
     assert m["presets_checked"] == m["n_chapters"] * len(m["presets"]) == 10
     assert m["fast_presets_checked"] == 7
+    assert m["world_presets_checked"] == 5  # the smollm2 world preset of chapters 1-5
     assert m["unknown_parameter_names"] == {} and m["type_mismatches"] == []
     assert m["paper_lambdas"] == [0, 10, 20, 50, 100, 200, 500, 1000, 2000, 10000]
 
