@@ -66,7 +66,12 @@ class TrainingStep:
         """A fresh step for ``crosscoder`` (a config builds a new model; a model is trained in place)."""
         cc = crosscoder if isinstance(crosscoder, Crosscoder) else Crosscoder(crosscoder)
         cc.to(device).train()
-        penalty = interaction_term(cc, mlp.to(device), cfg.penalty_form) if cfg.lambda_int > 0 else None
+        penalty = None
+        if cfg.lambda_int > 0:
+            # TrainConfig.g_precision / g_rows once the config carries them; the exact defaults until then.
+            penalty = interaction_term(cc, mlp.to(device), cfg.penalty_form,
+                                       g_precision=getattr(cfg, "g_precision", "float32"),
+                                       g_rows=getattr(cfg, "g_rows", "all"))
         tracker = FiringTracker(cc.n_features, cc.cfg.dead_steps).to(device)
         return cls(Objective(cc, penalty, parallel), make_optimizer(cc, cfg), tracker, cfg)
 
