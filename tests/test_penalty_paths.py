@@ -218,6 +218,7 @@ def test_gradient_buffers_never_hand_out_what_a_caller_holds():
     assert a.data_ptr() != b.data_ptr()
     with buffers.backward():
         first, kept = buffers.take(p), buffers.take(p)
+    assert first.data_ptr() != kept.data_ptr()
     with buffers.backward():
         buffers.take(p)
         assert buffers.take(p) is kept  # the second contribution's buffer is the pool's

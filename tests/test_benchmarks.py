@@ -1,0 +1,53 @@
+"""Every benchmark script runs end to end in its ``--quick`` smoke mode and prints its figures.
+
+The numbers of a quick run mean nothing (tiny sizes, one repeat, a busy machine); what is checked
+is that each figure the script promises is computed (a finite number, or ``None`` with the reason)
+and printed in the side-by-side table, and that ``--save`` writes it marked as a quick run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ["bench_crosscoder", "bench_interactions", "bench_precision"]
+
+
+def load(name: str, monkeypatch):
+    """The script as a module, its folder on the path (as ``python benchmarks/<name>.py`` has it)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_quick_run_prints_every_figure(name, tmp_path, monkeypatch, capsys):
+    script = load(name, monkeypatch)
+    monkeypatch.setattr(importlib.import_module("machine"), "RESULTS", tmp_path)  # --save: here, not in results/
+    figures = script.main(["--quick", "--threads", "1", "--save"])
+    printed = capsys.readouterr().out
+    assert figures, f"{name} returned no figures"
+    table = printed[printed.index("figure | value | target | met"):]
+    for f in figures:
+        assert f["name"] in table
+        if f["value"] is None:
+            assert f["note"], f"{f['name']}: not measured, and no reason given"
+        else:
+            assert math.isfinite(f["value"]), f["name"]
+            assert f"{f['value']:.3g}{f['unit']}" in table
+        if f["ok"] is not None:
+            assert {True: "yes", False: "NO"}[f["ok"]] in table
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert saved["quick"] is True and saved["benchmark"] == name
+    assert [f["name"] for f in saved["figures"]] == [f["name"] for f in figures]
+    assert saved["machine"]["gemm_fp32_gflops"] > 0 and saved["machine"]["cpu_model"]
