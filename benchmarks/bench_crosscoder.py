@@ -256,11 +256,13 @@ def print_steps(t: dict, sizes: dict, machine: dict) -> float:
           f"({b / t['dense']:6.0f} tokens/s)")
     print("\n2. unpenalised step over its floor (target <= 2)")
     print(f"   sparse step / matmul FLOP floor ({flops / 1e9:.2f} GFLOP at {machine['gemm_fp32_gflops']:.0f} GFLOP/s "
-          f"= {floor * 1e3:.2f} ms): {t['sparse'] / floor:5.2f}x;  / its bare kernels ({t['bare_sparse'] * 1e3:.1f} ms): "
+          f"= {floor * 1e3:.2f} ms): {t['sparse'] / floor:5.2f}x;  / its bare kernels "
+          f"({t['bare_sparse'] * 1e3:.1f} ms): "
           f"{t['sparse'] / t['bare_sparse']:5.2f}x")
     print(f"\n3. the sparse decoder (target >= 2 for the whole step at batch {b})")
     print(f"   whole step, dense / sparse decoder: {t['dense'] / t['sparse']:5.2f}x")
-    print(f"   decoder forward+backward, padded / unpadded entries: batch {b} {t['dec_padded'] / t['dec_unpadded']:5.2f}x "
+    print(f"   decoder forward+backward, padded / unpadded entries: batch {b} "
+          f"{t['dec_padded'] / t['dec_unpadded']:5.2f}x "
           f"({t['dec_padded'] * 1e3:.1f} vs {t['dec_unpadded'] * 1e3:.1f} ms), batch {big} "
           f"{t['dec_padded_big'] / t['dec_unpadded_big']:5.2f}x ({t['dec_padded_big'] * 1e3:.0f} vs "
           f"{t['dec_unpadded_big'] * 1e3:.0f} ms; padded K = {t['padded_K_big']})")
@@ -274,7 +276,8 @@ def print_harvest_and_memory(sizes: dict, quick: bool) -> tuple[dict, list[dict]
     print(f"\n4. harvest throughput / bare forward (target >= 0.9), {h['model']}, {n_seq}x{n_tok} tokens, "
           f"17 hookpoints")
     print(f"   vs the bridge's forward stopped where the harvest stops: {h['harvest_over_bare']:5.2f}    "
-          f"vs the raw Hugging Face forward: {h['harvest_over_hf']:5.2f}    ({h['harvest_tokens_per_s']:,.0f} tokens/s)")
+          f"vs the raw Hugging Face forward: {h['harvest_over_hf']:5.2f}    "
+          f"({h['harvest_tokens_per_s']:,.0f} tokens/s)")
     where = "in this process (--quick)" if quick else "fresh process each"
     print(f"\n5. peak memory of a whole training run through an ActivationBuffer ({where})")
     runs = [memory_run(n, in_process=quick) for n in sizes["memory_steps"]]

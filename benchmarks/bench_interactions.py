@@ -287,7 +287,8 @@ def penalty_against_dense(geo: Geometry, threads: int) -> dict:
           f"{t['p_dense'] * 1e3:8.1f} ms, +{mem['p_dense']:7.1f} MiB | {t['p_dense'] / t['p_ours']:5.2f}x faster, "
           f"{_ratio(mem['p_dense'], mem['p_ours'])} less memory   (target >= 30x)")
     print(f"   penalty only, PyTorch fallback path: {t['p_torch'] * 1e3:8.1f} ms, +{mem['p_torch']:7.1f} MiB | "
-          f"{t['p_dense'] / t['p_torch']:5.2f}x faster, {_ratio(mem['p_dense'], mem['p_torch'])} less memory than dense")
+          f"{t['p_dense'] / t['p_torch']:5.2f}x faster, {_ratio(mem['p_dense'], mem['p_torch'])} less memory "
+          f"than dense")
     sweep = {}
     for m in (32, 197):
         ts = timed({"ours": penalty_fn(geo, b, "ours", SIGMA_FOR_M[m]),

@@ -88,7 +88,8 @@ def machine_line(info: dict) -> str:
     return (f"{info['cpu_model']} ({', '.join(info.get('cpu_flags', [])) or 'no flags read'}), "
             f"{info['torch_threads']} threads of {info['logical_cores']}, torch {info['torch']}; "
             f"GEMM {info['gemm_fp32_gflops']:.0f} GFLOP/s fp32, {info['gemm_bf16_gflops']:.0f} bf16 "
-            f"({info.get('gemm_n', 2048)}³, measured in this run); load average {info['load_average_at_start']:.1f} at start")
+            f"({info.get('gemm_n', 2048)}³, measured in this run); load average "
+            f"{info['load_average_at_start']:.1f} at start")
 
 
 def figure(name: str, value: float | None, target: str | None = None, *, unit: str = "x",
