@@ -20,10 +20,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ["bench_crosscoder", "bench_interactions", "bench_precision"]
 
 
-def load(name: str, monkeypatch):
+def load(name: str, monkeypatch, folder: Path = BENCHMARKS):
     """The script as a module, its folder on the path (as ``python benchmarks/<name>.py`` has it)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -51,3 +51,22 @@ def test_quick_run_prints_every_figure(name, tmp_path, monkeypatch, capsys):
     assert saved["quick"] is True and saved["benchmark"] == name
     assert [f["name"] for f in saved["figures"]] == [f["name"] for f in figures]
     assert saved["machine"]["gemm_fp32_gflops"] > 0 and saved["machine"]["cpu_model"]
+
+
+def test_peers_orchestrator_times_ours_and_names_a_missing_peer(tmp_path, monkeypatch, capsys):
+    """``bench_peers.py --quick``: ours in its own process, a peer whose venv is missing reported as
+    not installed (the figure then has no value and says why), never timed or made up."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS / "peers"))
+    bench = load("bench_peers", monkeypatch, BENCHMARKS / "peers")
+    monkeypatch.setattr(bench, "venv_python", lambda: tmp_path / "no-venv" / "bin" / "python")
+    monkeypatch.setattr(importlib.import_module("machine"), "RESULTS", tmp_path)
+    figures = bench.main(["--quick", "--threads", "1", "--frameworks", "ours-topk,sparsify-topk", "--save"])
+    printed = capsys.readouterr().out
+    ours_row = next(line for line in printed.splitlines() if line.startswith("ours-topk |"))
+    assert float(ours_row.split(" | ")[1].replace(",", "")) > 0  # tokens/s measured in the child
+    assert "sparsify-topk | - | - | - | - | not installed" in printed
+    (f,) = figures
+    assert f["value"] is None and "no peer ran" in f["note"]
+    saved = json.loads((tmp_path / "bench_peers.json").read_text())
+    assert saved["quick"] is True and saved["raw"]["frameworks"]["ours-topk"]["tokens_per_s"] > 0
+    assert saved["raw"]["frameworks"]["sparsify-topk"]["error"].startswith("not installed")
