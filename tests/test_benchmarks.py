@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_crosscoder", "bench_interactions", "bench_precision"]
+SCRIPTS = ["bench_crosscoder", "bench_interactions", "bench_precision", "bench_real_model"]
 
 
 def load(name: str, monkeypatch, folder: Path = BENCHMARKS):
