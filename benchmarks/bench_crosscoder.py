@@ -38,7 +38,7 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
-from machine import describe, figure, machine_line, print_figures, save
+from machine import describe, figure, finish, machine_line
 from timing import timed
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
@@ -319,11 +319,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         figure(f"paper-geometry training, tokens/s (sparse, batch {b})", b / t["sparse"], unit=" tokens/s"),
         figure("peak memory growth for 4x the tokens", growth, "no growth (<= 1.05)", better="lower", bound=1.05),
     ]
-    print_figures(figures)
-    if args.save:
-        raw = {"sizes": sizes, "times_s": t, "harvest": h, "memory": [small, large]}
-        print(f"\nwrote {save('bench_crosscoder', machine, figures, raw, quick=args.quick)}")
-    return figures
+    raw = {"sizes": sizes, "times_s": t, "harvest": h, "memory": [small, large]}
+    return finish("bench_crosscoder", machine, figures, raw, args)
 
 
 if __name__ == "__main__":

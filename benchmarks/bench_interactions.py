@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import torch
-from machine import describe, figure, machine_line, print_figures, save
+from machine import describe, figure, finish, machine_line
 from timing import timed
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
@@ -386,12 +386,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"both in chunks of {geo.chunk} tokens")
     s3 = interaction_matrix_against_dense(geo, threads)
     figures = headline(geo, k_pad, s1, s2, s3)
-    print_figures(figures)
-    if args.save:
-        raw = {"geometry": asdict(geo), "padded_K": k_pad, "penalty_vs_dense": s1, "penalised_steps_s": s2,
-               "matrix": s3, "penalty_path": path}
-        print(f"\nwrote {save('bench_interactions', machine, figures, raw, quick=args.quick)}")
-    return figures
+    raw = {"geometry": asdict(geo), "padded_K": k_pad, "penalty_vs_dense": s1, "penalised_steps_s": s2,
+           "matrix": s3, "penalty_path": path}
+    return finish("bench_interactions", machine, figures, raw, args)
 
 
 def headline(geo: Geometry, k_pad: int, s1: dict, s2: dict, s3: dict) -> list[dict]:

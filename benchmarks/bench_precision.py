@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from machine import describe, figure, machine_line, print_figures, save
+from machine import describe, figure, finish, machine_line
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder.evaluation import evaluate_reconstruction
@@ -167,11 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         figure(f"bf16 G: short training run, dominant share difference ({steps} steps)",
                b["dominant_share"] - a["dominant_share"], unit=""),
     ]
-    print_figures(figures)
-    if args.save:
-        raw = {"sizes": sizes, "paper_geometry": p, "training": runs, "steps": steps}
-        print(f"\nwrote {save('bench_precision', machine, figures, raw, quick=args.quick)}")
-    return figures
+    raw = {"sizes": sizes, "paper_geometry": p, "training": runs, "steps": steps}
+    return finish("bench_precision", machine, figures, raw, args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from bench_crosscoder import bare_forward_ratios
-from machine import describe, figure, machine_line, print_figures, save
+from machine import describe, figure, finish, machine_line
 from timing import timed
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
@@ -163,10 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         figure(f"penalised / unpenalised step (batch {b})", t["penalised"] / t["plain"]),
         figure("penalty fwd+bwd / its floor (the gated MLP's input products)", t["penalty"] / t["floor"]),
     ]
-    print_figures(figures)
-    if args.save:
-        print(f"\nwrote {save('bench_real_model', machine, figures, m | {'sizes': sizes}, quick=args.quick)}")
-    return figures
+    return finish("bench_real_model", machine, figures, m | {"sizes": sizes}, args)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,12 @@ def print_figures(figures: list[dict]) -> None:
         value = "not measured" if f["value"] is None else f"{f['value']:.3g}{f['unit']}"
         met = {True: "yes", False: "NO", None: "-"}[f["ok"]]
         print(f"{f['name']} | {value} | {f['target'] or '-'} | {met}" + (f" ({f['note']})" if f["note"] else ""))
+
+
+def finish(name: str, machine: dict, figures: list[dict], raw: dict, args) -> list[dict]:
+    """The end of every script: the figures side by side, saved when ``args.save`` (marked quick when
+    ``args.quick``); returns them."""
+    print_figures(figures)
+    if args.save:
+        print(f"\nwrote {save(name, machine, figures, raw, quick=args.quick)}")
+    return figures

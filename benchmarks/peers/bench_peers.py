@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))  # machine.py, beside the other benchmark s
 
 import torch  # noqa: E402
 from install import venv_python  # noqa: E402
-from machine import describe, figure, machine_line, print_figures, save  # noqa: E402
+from machine import describe, figure, finish, machine_line  # noqa: E402
 from run_one import STEPS  # noqa: E402
 
 FRAMEWORKS = list(STEPS)
@@ -129,11 +129,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     summary = round_robin(frameworks, sizes, threads, rounds)
     print_table(summary)
     figures = headline(summary)
-    print_figures(figures)
-    if args.save:
-        raw = {"sizes": sizes, "rounds": rounds, "threads": threads, "frameworks": summary}
-        print(f"\nwrote {save('bench_peers', machine, figures, raw, quick=args.quick)}")
-    return figures
+    raw = {"sizes": sizes, "rounds": rounds, "threads": threads, "frameworks": summary}
+    return finish("bench_peers", machine, figures, raw, args)
 
 
 if __name__ == "__main__":
