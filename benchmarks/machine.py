@@ -105,8 +105,9 @@ def figure(name: str, value: float | None, target: str | None = None, *, unit: s
 def save(name: str, machine: dict, figures: list[dict], raw: dict, path: Path | None = None, *,
          quick: bool = False) -> Path:
     """Write ``benchmarks/results/<name>.json`` (or ``path``) with the machine, figures and raw numbers;
-    ``quick``: a ``--quick`` smoke run (tiny sizes), which ``report.py`` refuses to quote."""
-    path = Path(path) if path is not None else RESULTS / f"{name}.json"
+    ``quick``: a ``--quick`` smoke run (tiny sizes), which goes to ``<name>.quick.json`` (it never
+    overwrites a measurement) and which ``report.py`` refuses to quote."""
+    path = Path(path) if path is not None else RESULTS / f"{name}{'.quick' if quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "quick": quick, "machine": machine, "figures": figures, "raw": raw}
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -47,7 +47,8 @@ def test_quick_run_prints_every_figure(name, tmp_path, monkeypatch, capsys):
             assert f"{f['value']:.3g}{f['unit']}" in table
         if f["ok"] is not None:
             assert {True: "yes", False: "NO"}[f["ok"]] in table
-    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert not (tmp_path / f"{name}.json").exists()  # a quick run never overwrites a measurement
+    saved = json.loads((tmp_path / f"{name}.quick.json").read_text())
     assert saved["quick"] is True and saved["benchmark"] == name
     assert [f["name"] for f in saved["figures"]] == [f["name"] for f in figures]
     assert saved["machine"]["gemm_fp32_gflops"] > 0 and saved["machine"]["cpu_model"]
@@ -67,6 +68,6 @@ def test_peers_orchestrator_times_ours_and_names_a_missing_peer(tmp_path, monkey
     assert "sparsify-topk | - | - | - | - | not installed" in printed
     (f,) = figures
     assert f["value"] is None and "no peer ran" in f["note"]
-    saved = json.loads((tmp_path / "bench_peers.json").read_text())
+    saved = json.loads((tmp_path / "bench_peers.quick.json").read_text())
     assert saved["quick"] is True and saved["raw"]["frameworks"]["ours-topk"]["tokens_per_s"] > 0
     assert saved["raw"]["frameworks"]["sparsify-topk"]["error"].startswith("not installed")
