@@ -17,11 +17,17 @@ does not depend on the text. Every number below is measured for λ = 0 and for a
    the steady-state harvest share is also given, from the per-position costs
    ``h / (h + t)`` (h: harvest seconds per harvested position, t: other seconds per trained one);
 2. **training only**: ``train()`` on activations already harvested onto the device: tokens/s;
-3. **peak GPU memory** (``torch.cuda.max_memory_allocated``) of each run.
+3. **peak GPU memory** (``torch.cuda.max_memory_allocated``) of each run;
+4. **the penalty's backends**: the interaction penalty alone (forward + backward, BatchTopK codes
+   of one batch) on the backend ``crosscoder_lib.interactions.kernels`` chooses for the device
+   (Triton on a GPU) against its PyTorch fallback, and the penalised training-only step on each,
+   for every λ of the sweep (:data:`LAMBDA_SWEEP`). On a CPU (``--smoke``) the same is measured
+   for the C kernel against the PyTorch path, and the GPU numbers are said to be still to measure.
 
 Each measured run follows an unmeasured warm-up run of the same kind (CUDA context, cuBLAS
 handles, kernel selection). Output: a table on stdout, and with ``--json`` the same numbers as JSON
-(for the book's chapter 6). Device name, torch and CUDA versions are printed and saved.
+(for the book's chapter 6; on a GPU the default is ``book/results/bench_gpu.json``). Device name,
+torch and CUDA versions are printed and saved. ``--quick`` is ``--smoke``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ GEOMETRIES = {
                   seq_len=32, seqs_per_harvest=8, capacity=1024, n_features=128, k=4, batch=64),
 }
 PENALISED_LAMBDA = 1000.0  # one of the paper's λ values; the cost of a step does not depend on it
+LAMBDA_SWEEP = (30.0, 100.0, 300.0, 1000.0, 2000.0)  # the penalised λ values of chapter 3's sweep
+BOOK_JSON = Path(__file__).resolve().parents[1] / "book" / "results" / "bench_gpu.json"
 
 
 def build_model(folder: Path, g: dict, device: str):
@@ -162,6 +170,60 @@ def run_training_only(acts_TXD: torch.Tensor, g: dict, cc_cfg: CrosscoderConfig,
     return out
 
 
+def penalty_backends(acts_TXD: torch.Tensor, g: dict, cc_cfg: CrosscoderConfig, mlp, steps: int,
+                     device: str, lambdas: tuple[float, ...] = LAMBDA_SWEEP) -> dict:
+    """Section 4: the penalty alone and the penalised step on the device's kernel and on PyTorch."""
+    from crosscoder_lib.crosscoder.model import Crosscoder
+    from crosscoder_lib.interactions import kernels
+    from crosscoder_lib.interactions.object import MLPInteractions
+    from crosscoder_lib.lm.hookpoints import mlp_input_slots
+
+    kernel = "triton" if device.startswith("cuda") else "c"
+    cc = Crosscoder(cc_cfg).to(device)
+    cc.set_input_scale(acts_TXD)
+    with torch.no_grad():
+        codes = cc.encode(acts_TXD[:g["batch"]])
+    W = cc.decoder_slots_LHD(mlp_input_slots(cc_cfg.hookpoints)).detach().requires_grad_(True)
+    inter = MLPInteractions(W, mlp.to(device=device))
+
+    def penalty_ms(backend: str) -> float:
+        with kernels.use_backend(backend):
+            for i in range(steps + 2):  # two warm-up calls
+                if i == 2:
+                    sync(device)
+                    t = time.perf_counter()
+                inter.penalty(codes).penalty.backward()
+            sync(device)
+        return 1000 * (time.perf_counter() - t) / steps
+
+    out = {"kernel": kernel, "padded_K": codes.idx_BK.shape[1], "penalty_ms": {}, "step_ms": {}}
+    for backend in (kernel, "torch"):
+        try:
+            out["penalty_ms"][backend] = penalty_ms(backend)
+            with kernels.use_backend(backend):
+                out["step_ms"][backend] = {f"{lam:g}": run_training_only(acts_TXD, g, cc_cfg, lam, mlp, steps, device)
+                                           ["step_ms"] for lam in lambdas}
+        except RuntimeError as err:  # the kernel is unavailable here: say so, time the rest
+            out["penalty_ms"][backend] = None
+            out["unavailable"] = f"{backend}: {err}"
+    return out
+
+
+def print_backends(b: dict, device: str) -> None:
+    k = b["kernel"]
+    print(f"\npenalty backends ({k} vs torch; padded K = {b['padded_K']}):")
+    if b["penalty_ms"].get(k) is None:
+        print(f"  {b.get('unavailable', k + ' unavailable')}")
+    for backend, ms in b["penalty_ms"].items():
+        if ms is not None:
+            steps = ", ".join(f"λ={lam} {v:.2f}" for lam, v in b["step_ms"][backend].items())
+            print(f"  {backend:6s}: penalty fwd+bwd {ms:8.2f} ms; penalised step (ms) {steps}")
+    if b["penalty_ms"].get(k) and b["penalty_ms"].get("torch"):
+        print(f"  torch / {k}: penalty {b['penalty_ms']['torch'] / b['penalty_ms'][k]:.2f}x")
+    if not device.startswith("cuda"):
+        print("  GPU numbers are still to be measured: no GPU here (run this script on one)")
+
+
 def device_info(device: str) -> dict:
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
     if device.startswith("cuda"):
@@ -175,11 +237,12 @@ def device_info(device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny geometry (what runs on a CPU)")
+    ap.add_argument("--smoke", "--quick", action="store_true", help="tiny geometry (what runs on a CPU)")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per run (default 300; smoke 20)")
     ap.add_argument("--lambda-penalised", type=float, default=PENALISED_LAMBDA)
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file (on a GPU, default "
+                                                  "book/results/bench_gpu.json)")
     args = ap.parse_args(argv)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -225,10 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  training only (device data):  {only['tokens_per_s']:>10,.0f} tokens/s   "
               f"({only['step_ms']:.2f} ms/step)   peak GPU memory {mem(only)} "
               f"(of which {data_gib:.2f} GiB are the pre-harvested activations)")
+    lambdas = (args.lambda_penalised,) if smoke else LAMBDA_SWEEP  # a step's cost does not depend on λ > 0
+    results["penalty_backends"] = penalty_backends(acts_TXD, g, cc_cfg, mlp, steps, device, lambdas)
+    print_backends(results["penalty_backends"], device)
+    if not device.startswith("cuda"):
+        results["penalty_backends"]["gpu"] = "still to be measured: no GPU here"
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"\nwrote {args.json}")
+    json_path = args.json or (BOOK_JSON if device.startswith("cuda") and not smoke else None)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {json_path}")
     return results
 
 

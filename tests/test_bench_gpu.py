@@ -28,3 +28,8 @@ def test_smoke_run_writes_json(tmp_path, capsys):
         assert e2e["harvested_positions"] >= e2e["trained_positions"] == 5 * r["geometry_batch"]
         assert 0 < e2e["harvest_share"] < 1 and 0 < e2e["harvest_share_steady_state"] < 1
         assert e2e["peak_gpu_memory_gib"] is None  # no GPU here: not measured, not made up
+    b = r["penalty_backends"]  # section 4 on a CPU: the C kernel against the PyTorch path
+    assert b["kernel"] == "c" and b["padded_K"] >= 1
+    assert b["penalty_ms"]["torch"] > 0 and set(b["step_ms"]["torch"]) == {"1000"}
+    assert b["penalty_ms"]["c"] is None or b["penalty_ms"]["c"] > 0  # None (with the reason) if it did not build
+    assert b["gpu"].startswith("still to be measured") and "GPU numbers are still to be measured" in printed

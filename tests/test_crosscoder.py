@@ -4,9 +4,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from crosscoder_lib.crosscoder.activations import SparseCodes
+from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
+from crosscoder_lib.crosscoder.products import sparse_decode
+from crosscoder_lib.crosscoder.training import TrainConfig
+from crosscoder_lib.crosscoder.training.loss import Objective, interaction_term
+from crosscoder_lib.crosscoder.training.step import TrainingStep, make_optimizer
+from crosscoder_lib.interactions.kernels.buffers import GradientBuffers
+from crosscoder_lib.interactions.mlp import MLPWeights
 from crosscoder_lib.lm.hookpoints import mlp_input_slots, paper_hookpoints
 
 HP = paper_hookpoints(2)  # 9 slots
@@ -127,3 +134,90 @@ def test_sae_is_the_one_hookpoint_case():
     cc = Crosscoder(CrosscoderConfig(["blocks.0.hook_resid_post"], 8, 32, activation="topk", k=3))
     out = cc(torch.randn(5, 1, 8))
     assert out.recon_BXD.shape == (5, 1, 8) and out.codes.idx_BK.shape == (5, 3)
+
+
+# -- the unpadded sparse decoder and the recycled gradients (crosscoder_lib.crosscoder.products) --------
+
+def _padded_decode(idx_BK, val_BK, W_HXD, buffers=None):
+    """What the sparse path was: every padded slot handed to embedding_bag."""
+    return F.embedding_bag(idx_BK, W_HXD.flatten(1), per_sample_weights=val_BK.to(W_HXD.dtype), mode="sum")
+
+
+def _ragged_codes(B, K, H, seed):
+    """BatchTopK-like codes: distinct ids per token, 0..K active slots first, a few inner zeros."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(H, generator=g)[:K] for _ in range(B)])
+    counts = torch.randint(0, K + 1, (B,), generator=g)
+    val = torch.rand(B, K, generator=g) * (torch.arange(K)[None, :] < counts[:, None])
+    val[torch.rand(B, K, generator=g) < 0.05] = 0.0
+    return idx, val
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_unpadded_sparse_decode_equals_the_padded_call_bit_for_bit(threads):
+    """Forward values, the weight gradient and the active slots' gradients are the padded call's
+    bit for bit (with and without a recycled gradient buffer); inactive slots get exactly 0."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, (B, K, H, X, D) in enumerate([(64, 30, 200, 3, 32), (256, 90, 1536, 2, 64), (50, 7, 40, 1, 8)]):
+            idx, val0 = _ragged_codes(B, K, H, seed)
+            g = torch.Generator().manual_seed(100 + seed)
+            W0, grad_out = torch.randn(H, X, D, generator=g), torch.randn(B, X * D, generator=g)
+            results = []
+            buffers = GradientBuffers()
+            for decode, bufs in ((_padded_decode, None), (sparse_decode, None), (sparse_decode, buffers),
+                                 (sparse_decode, buffers)):  # the last one writes into a recycled buffer
+                W = W0.clone().requires_grad_()
+                val = val0.clone().requires_grad_()
+                out = decode(idx, val, W, bufs)
+                out.backward(grad_out)
+                results.append((out.detach(), W.grad, val.grad))
+                buffers.recycle([W])
+            (out_p, gW_p, gv_p), active = results[0], val0 != 0
+            for out, gW, gv in results[1:]:
+                assert torch.equal(out, out_p) and torch.equal(gW, gW_p)
+                assert torch.equal(gv[active], gv_p[active]) and torch.all(gv[~active] == 0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_steps(cc, acts, n_steps, lam=0.0, mlp=None):
+    cfg = TrainConfig(n_steps=n_steps, batch_size=acts.shape[0] // n_steps, lambda_int=lam, warmup_frac=0.0,
+                      decay_frac=0.0)
+    penalty = interaction_term(cc, mlp, "unweighted") if lam > 0 else None
+    step = TrainingStep(Objective(cc, penalty), make_optimizer(cc, cfg), FiringTracker(cc.n_features, 2), cfg)
+    ptrs = []
+    for i in range(n_steps):
+        step(acts[i * cfg.batch_size:(i + 1) * cfg.batch_size], i)
+        ptrs.append(cc.W_dec_HXD.grad.data_ptr())
+    return ptrs
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "topk", "relu"])
+def test_training_with_the_unpadded_decoder_and_recycled_gradients_is_bit_identical(activation, monkeypatch):
+    """Whole training steps (AuxK reviving dead features, and the penalty for BatchTopK) end in the
+    same weights bit for bit as with the padded decoder and fresh gradients, and the recycled
+    gradient buffers are reused from step to step."""
+    from crosscoder_lib.crosscoder import model as model_mod
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(5 * 96, 9, 8, generator=g) * torch.rand(5 * 96, 1, 1, generator=g).add(0.5)
+    mlp = MLPWeights(torch.randn(2, 8, 16, generator=g), torch.zeros(2, 16), torch.randn(2, 16, 8, generator=g),
+                     torch.zeros(2, 8), "gelu_new")
+    lam = 10.0 if activation == "batchtopk" else 0.0
+    states = []
+    for reference in (False, True):
+        cc = _cc(activation=activation, n_features=96, k=3, decode="sparse", aux_k=4, sparsity_coeff=1e-3)
+        with torch.no_grad():
+            cc.b_enc_H[:30] -= 4.0  # dead features, so AuxK decodes too
+        cc.set_input_scale(acts)
+        if reference:
+            monkeypatch.setattr(model_mod, "sparse_decode", _padded_decode)
+            monkeypatch.setattr(cc.grad_buffers, "recycle", lambda params: [setattr(p, "grad", None) for p in params])
+        ptrs = _train_steps(cc, acts, 5, lam, mlp)
+        states.append(cc.state_dict())
+        if not reference and activation != "relu":  # ReLU's decoder-norm penalty adds a fresh gradient
+            assert len(set(ptrs[1:])) == 1, "W_dec's gradient buffer was not reused"
+    for name, t in states[0].items():
+        assert torch.equal(t, states[1][name]), name

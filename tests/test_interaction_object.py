@@ -63,9 +63,9 @@ def G_builds(monkeypatch) -> list:
     """The dtype of every G the objects form (the float64 twin of the bound forms its own)."""
     builds, real = [], object_module.input_products
 
-    def counting(W_dec_LHD, mlp):
+    def counting(W_dec_LHD, mlp, *workspace):
         builds.append(W_dec_LHD.dtype)
-        return real(W_dec_LHD, mlp)
+        return real(W_dec_LHD, mlp, *workspace)
 
     monkeypatch.setattr(object_module, "input_products", counting)
     return builds

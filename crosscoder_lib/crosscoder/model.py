@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crosscoder_lib.crosscoder.activations import (
@@ -36,6 +35,8 @@ from crosscoder_lib.crosscoder.activations import (
     make_activation,
 )
 from crosscoder_lib.crosscoder.jsonconfig import ConfigError, JsonConfig
+from crosscoder_lib.crosscoder.products import dense_decode, encode, select_slots, sparse_decode
+from crosscoder_lib.interactions.kernels.buffers import GradientBuffers
 
 ACTIVATIONS = ("batchtopk", "topk", "relu", "jumprelu")
 DECODE_PATHS = ("auto", "sparse", "dense")
@@ -160,6 +161,8 @@ class Crosscoder(nn.Module):
         self.b_dec_XD = nn.Parameter(torch.zeros(X, D), requires_grad=cfg.train_dec_bias)
         self.register_buffer("input_scale_X", torch.ones(X))
         self.activation: Activation = make_activation(cfg)
+        # Where the weight gradients are written; a trainer recycles them (TrainingStep).
+        self.grad_buffers = GradientBuffers()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -222,7 +225,7 @@ class Crosscoder(nn.Module):
         return self._pre_from_scaled(x_BXD * self.input_scale_X[:, None])
 
     def _pre_from_scaled(self, x_scaled_BXD: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b_enc_H, x_scaled_BXD.flatten(1), self.W_enc_XDH.flatten(0, 1))
+        return encode(x_scaled_BXD.flatten(1), self.W_enc_XDH, self.b_enc_H, self.grad_buffers)
 
     def encode(self, x_BXD: torch.Tensor, return_pre: bool = False):
         """Codes of raw activations ``x_BXD``; with ``return_pre`` also ``pre_BH``: ``(codes, pre_BH)``."""
@@ -232,23 +235,28 @@ class Crosscoder(nn.Module):
 
     def decode_path(self, codes: SparseCodes) -> str:
         """Where the choice of decoder path is made: ``"sparse"`` gathers only the active rows
-        (``embedding_bag`` with per-sample weights), ``"dense"`` multiplies the full ``a_BH``.
+        (:func:`~crosscoder_lib.crosscoder.products.sparse_decode`: the active entries, flat with
+        offsets), ``"dense"`` multiplies the full ``a_BH``.
 
         ``auto``: sparse when a token's slots K are at most 1/8 of the dictionary (TopK family).
+        The rule reads the padded K, as it did when the sparse path gathered padded slots, so a run
+        takes the path it took before at every step (the two paths round differently). JumpReLU
+        always decodes densely: its threshold's straight-through gradient reads the gradient of
+        every slot of the codes, which the sparse path gives only to active slots.
         """
         if self.cfg.decode != "auto":
             return self.cfg.decode
+        if self.cfg.activation == "jumprelu":
+            return "dense"
         return "sparse" if codes.idx_BK.shape[1] * 8 <= self.n_features else "dense"
 
     def decode_scaled(self, codes: SparseCodes, *, bias: bool = True, path: str | None = None) -> torch.Tensor:
         """``Σ_v a_v W_dec[v, x] (+ b_dec[x])`` in normalised units, ``[B, X, D]``."""
         path = path or self.decode_path(codes)
-        W_HF = self.W_dec_HXD.flatten(1)
         if path == "sparse":
-            out_BF = F.embedding_bag(codes.idx_BK, W_HF, per_sample_weights=codes.val_BK.to(W_HF.dtype),
-                                     mode="sum")
+            out_BF = sparse_decode(codes.idx_BK, codes.val_BK, self.W_dec_HXD, self.grad_buffers)
         elif path == "dense":
-            out_BF = codes_to_dense(codes, self.n_features) @ W_HF
+            out_BF = dense_decode(codes_to_dense(codes, self.n_features), self.W_dec_HXD, self.grad_buffers)
         else:
             raise ValueError(f"unknown decode path {path!r}; use 'sparse' or 'dense'")
         out_BXD = out_BF.view(-1, self.n_slots, self.d_model)
@@ -284,7 +292,7 @@ class Crosscoder(nn.Module):
         scale = self.input_scale_X[slots_t]
         # index_select, not W[:, slots]: its backward is one index_add, where advanced indexing's is a
         # sorting index_put over the whole [H, X, D] gradient (a third of the penalty's overhead).
-        return (self.W_dec_HXD.index_select(1, slots_t) / scale[None, :, None]).permute(1, 0, 2)
+        return (select_slots(self.W_dec_HXD, slots_t, self.grad_buffers) / scale[None, :, None]).permute(1, 0, 2)
 
     def decoder_norms_H(self) -> torch.Tensor:
         """``Σ_x ‖W_dec[v, x]‖`` per feature (normalised units): the weights of the ReLU L1 penalty."""

@@ -58,12 +58,21 @@ def frozen(W: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return W.detach().to(device=like.device, dtype=like.dtype)
 
 
-def input_products(W_dec_LHD: torch.Tensor, mlp: AnyMLP) -> tuple[torch.Tensor, ...]:
+def input_products(W_dec_LHD: torch.Tensor, mlp: AnyMLP, workspace=None) -> tuple[torch.Tensor, ...]:
     """``G_m = W_dec_LHD @ W_m`` for each of the MLP kind's input matrices (standard: ``(G_in,)``).
 
-    Differentiable in ``W_dec_LHD``; the language model's weights are frozen.
+    Differentiable in ``W_dec_LHD``; the language model's weights are frozen. ``workspace`` (a
+    :class:`~crosscoder_lib.interactions.kernels.buffers.Workspace`) holds buffers to write
+    detached products into, reused while nothing else holds them (a fresh ``[L, H, N]`` per
+    decoder state is mapped and page-zeroed anew).
     """
-    return tuple(torch.matmul(W_dec_LHD, frozen(W_m, W_dec_LHD)) for W_m in mlp.input_weights())
+    W_ms = [frozen(W_m, W_dec_LHD) for W_m in mlp.input_weights()]
+    if workspace is None or (W_dec_LHD.requires_grad and torch.is_grad_enabled()):
+        return tuple(torch.matmul(W_dec_LHD, W_m) for W_m in W_ms)
+    L, H, _ = W_dec_LHD.shape
+    return tuple(torch.matmul(W_dec_LHD, W_m, out=workspace.get(f"G{m}", (L, H, W_m.shape[2]), W_dec_LHD.dtype,
+                                                                W_dec_LHD.device))
+                 for m, W_m in enumerate(W_ms))
 
 
 def neuron_weights(W_dec_LHD: torch.Tensor, mlp: AnyMLP) -> torch.Tensor:

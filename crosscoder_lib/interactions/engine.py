@@ -25,15 +25,29 @@ import torch
 
 # Elements of one [tokens, slots, neurons] work buffer: 2M floats (8 MB) keeps a chunk in cache.
 CHUNK_ELEMENTS = 1 << 21
+# On a GPU a chunk is one launch of each of a pass's ~10 kernels, so chunks are as large as memory
+# allows: a sixteenth of the free memory (a pass holds a few buffers of a chunk's size), at most 2^28.
+GPU_CHUNK_FRACTION, GPU_CHUNK_MAX = 16, 1 << 28
 
 
-def chunk_tokens_for(n_slots: int, n_neurons: int, chunk_tokens: int | None = None) -> int:
-    """Tokens per chunk: ``chunk_tokens`` if given (≥ 1), else as many as fill :data:`CHUNK_ELEMENTS`."""
+def chunk_elements(device: torch.device | str | None = None) -> int:
+    """Elements of a pass's work buffer on ``device``: :data:`CHUNK_ELEMENTS` on a CPU, sized by
+    the free memory on a GPU."""
+    device = torch.device(device or "cpu")
+    if device.type != "cuda":
+        return CHUNK_ELEMENTS
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(CHUNK_ELEMENTS, min(GPU_CHUNK_MAX, free // (4 * GPU_CHUNK_FRACTION)))
+
+
+def chunk_tokens_for(n_slots: int, n_neurons: int, chunk_tokens: int | None = None,
+                     device: torch.device | str | None = None) -> int:
+    """Tokens per chunk: ``chunk_tokens`` if given (≥ 1), else as many as fill :func:`chunk_elements`."""
     if chunk_tokens is not None:
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be ≥ 1, got {chunk_tokens}")
         return chunk_tokens
-    return max(1, CHUNK_ELEMENTS // max(1, n_slots * n_neurons))
+    return max(1, chunk_elements(device) // max(1, n_slots * n_neurons))
 
 
 class Plan(NamedTuple):
@@ -57,7 +71,7 @@ def make_plan(idx_BK: torch.Tensor, vabs_BK: torch.Tensor, n_neurons: int, chunk
     counts = (vabs_BK != 0).sum(1)
     order = counts.argsort(stable=True)
     counts_sorted = counts[order].tolist()
-    c = chunk_tokens_for(K, n_neurons, chunk_tokens)
+    c = chunk_tokens_for(K, n_neurons, chunk_tokens, idx_BK.device)
     chunks = [(slice(a, min(a + c, B)), max(1, counts_sorted[min(a + c, B) - 1])) for a in range(0, B, c)]
     return Plan(idx_BK[order], vabs_BK[order], order, chunks, min(c, B) * K * n_neurons)
 

@@ -34,8 +34,18 @@ from crosscoder_lib.interactions.decoder import (
     mlp_input_bias,
     mlp_input_decoder,
 )
+from crosscoder_lib.interactions.kernels.buffers import Workspace
 from crosscoder_lib.interactions.mlp import AnyMLP, GatedContributions
-from crosscoder_lib.interactions.penalty import InteractionStats, PenaltyInputs, check_form, penalty
+from crosscoder_lib.interactions.penalty import (
+    G_PRECISIONS,
+    InteractionStats,
+    PenaltyInputs,
+    active_rows,
+    check_form,
+    check_g_options,
+    penalty,
+    penalty_inputs,
+)
 from crosscoder_lib.interactions.quantities import (
     CertifiedWeights,
     InteractionMatrix,
@@ -72,6 +82,9 @@ class MLPInteractions:
         self._rows = (W_dec_LHD, b_dec_LD)
         self._cache: dict = {}
         self._key: tuple | None = None
+        self._mlp_cache: dict = {}  # what depends on the MLP's weights only (kept across decoder changes)
+        self._mlp_key: tuple | None = None
+        self._workspace = Workspace()  # G and the penalty's ∂/∂M, reused from one decoder state to the next
 
     @classmethod
     def of(cls, crosscoder, mlp: AnyMLP) -> MLPInteractions:
@@ -94,7 +107,10 @@ class MLPInteractions:
     def _sources(self) -> list[torch.Tensor]:
         cc = self.crosscoder
         rows = [cc.W_dec_HXD, cc.b_dec_XD, cc.input_scale_X] if cc is not None else [t for t in self._rows if t is not None]
-        return rows + [t for t in self.mlp if isinstance(t, torch.Tensor)]
+        return rows + self._mlp_tensors()
+
+    def _mlp_tensors(self) -> list[torch.Tensor]:
+        return [t for t in self.mlp if isinstance(t, torch.Tensor)]
 
     def _cached(self, name: str, build=None, live: torch.Tensor | None = None):
         """``self._cache[name]``, built by ``build()`` unless the decoder changed since (module docstring).
@@ -105,6 +121,10 @@ class MLPInteractions:
         if key != self._key:
             self._cache.clear()
             self._key = key
+            mlp_key = key[-len(self._mlp_tensors()):]
+            if mlp_key != self._mlp_key:
+                self._mlp_cache.clear()
+                self._mlp_key = mlp_key
         if "rows" not in self._cache:
             self._cache["rows"] = self._detached_rows(live)
         if name not in self._cache:
@@ -133,7 +153,7 @@ class MLPInteractions:
     @property
     def G(self) -> tuple[torch.Tensor, ...]:
         """``G_m = W_dec_LHD @ W_m`` ``[L, H, N]`` for each of the MLP kind's input matrices (standard: ``(G,)``)."""
-        return self._cached("G", lambda: input_products(self.W_dec_LHD, self.mlp))
+        return self._cached("G", lambda: input_products(self.W_dec_LHD, self.mlp, self._workspace))
 
     @property
     def absG_LHN(self) -> torch.Tensor:
@@ -185,18 +205,43 @@ class MLPInteractions:
         return read_codes(codes, self.W_dec_LHD.shape[1])
 
     # -- quantities ---------------------------------------------------------------------------
-    def penalty(self, codes, form: str = "unweighted", chunk_tokens: int | None = None) -> InteractionStats:
+    def penalty(self, codes, form: str = "unweighted", chunk_tokens: int | None = None, *,
+                g_precision: str = "float32", g_rows: str = "all") -> InteractionStats:
         """The interaction penalty ``L_int`` and the dominant share of a batch (:mod:`.penalty`),
-        differentiable through the codes' values and the live decoder rows."""
+        differentiable through the codes' values and the live decoder rows.
+
+        ``g_precision="bfloat16"`` forms the ``G`` products in bfloat16 and ``g_rows="active"`` only
+        the rows of the batch's active features (both opt in, both round differently from the
+        default; :mod:`.penalty`)."""
         check_form(form)
+        check_g_options(g_precision, g_rows)
         W_live = self.decoder()[0]
-        inputs = self._cached("penalty", self._penalty_inputs, live=W_live)  # first: a new state reuses W_live
-        active = self.read(codes)
+        if g_rows == "active":  # rows depend on the batch: formed per call, never cached
+            self._cached("rows", live=W_live)  # first: a new state reuses W_live
+            active = self.read(codes)
+            inputs = self._penalty_inputs_with(g_precision, active_rows(*active, self.W_dec_LHD.shape[1]))
+        else:
+            key = "penalty" if g_precision == "float32" else f"penalty:{g_precision}"
+            build = self._penalty_inputs if key == "penalty" else lambda: self._penalty_inputs_with(g_precision, None)
+            inputs = self._cached(key, build, live=W_live)
+            active = self.read(codes)
         return penalty(active, W_live, inputs, self.w_LN if form == "weighted" else None, chunk_tokens)
 
     def _penalty_inputs(self) -> PenaltyInputs:
         W_in = tuple(frozen(W_m, self.W_dec_LHD) for W_m in self.mlp.input_weights())
-        return PenaltyInputs(self.mlp.combined(self.G), self.G, W_in, self.mlp.chain)
+        return PenaltyInputs(self.mlp.combined(self.G), self.G, W_in, self.mlp.chain, None, self._workspace)
+
+    def _penalty_inputs_with(self, g_precision: str, rows: torch.Tensor | None) -> PenaltyInputs:
+        W = self.W_dec_LHD
+        low = None
+        if G_PRECISIONS[g_precision] != W.dtype:  # the frozen MLP weights, cast once
+            name = f"W_in:{g_precision}:{W.device}"
+            if name not in self._mlp_cache:
+                self._mlp_cache[name] = tuple(W_m.detach().to(device=W.device, dtype=G_PRECISIONS[g_precision])
+                                              for W_m in self.mlp.input_weights())
+            low = self._mlp_cache[name]
+        return penalty_inputs(W, self.mlp, g_precision=g_precision, rows=rows, low_weights=low,
+                              workspace=self._workspace)
 
     def dominant_share(self, codes, chunk_tokens: int | None = None) -> torch.Tensor:
         """Mean over ``(l, t, n)`` of ``max_v |p| / Σ_v |p|`` (:func:`.quantities.dominant_share`)."""

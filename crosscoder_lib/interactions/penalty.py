@@ -5,10 +5,22 @@ SPEC §3. ``form="unweighted"`` (the reference code's form) is ``mean_{l,t,n} (�
 constant ``Lip(σ)``. Gradients flow through the codes' values and the decoder rows for any number of
 blocks (the reference code detached its penalty beyond 4 blocks).
 
-The sums run on one of two backends, chosen in ONE place (:func:`crosscoder_lib.interactions.kernels.penalty_library`):
-the fused C kernel (float32 CPU tensors: one pass over each token's gathered rows) or chunked PyTorch
-(:mod:`.engine`'s passes, everywhere else). Both return ``(total, share, ∂/∂|val|, ∂/∂M)`` with ``M``
-the MLP kind's combined matrix (standard: ``G``), and nothing of size ``T·K·N`` outlives a chunk.
+The sums run on the backend chosen in ONE place (:func:`crosscoder_lib.interactions.kernels.penalty_backend`):
+the fused C kernel (float32 CPU tensors), the Triton kernel (float32 CUDA tensors) or chunked
+PyTorch. Each returns ``(total, share, ∂/∂|val|, ∂/∂M)`` with ``M`` the MLP kind's combined matrix
+(standard: ``G``), and nothing of size ``T·K·N`` outlives a chunk.
+
+Two opt-in ways to form the ``G_m = W_dec · W_m`` products for less (:func:`penalty_inputs`); the
+defaults keep every result bit for bit:
+
+- ``g_precision="bfloat16"``: both products with the MLP (``G`` forward, ``∂/∂G · W_mᵀ`` backward)
+  take bfloat16 inputs (float32 accumulation inside the GEMM), ~8× faster where the CPU has bf16
+  matrix units; ``G`` then carries a relative error of ~3e-3, which can flip the dominant feature
+  of a near-tie (``benchmarks/bench_precision.py`` measures the flips, the penalty's error and a
+  short training run both ways);
+- ``g_rows="active"``: only the rows of the features active in the batch (a sorted subset: the
+  penalty reads no other). Not bit-identical in general: a GEMM's kernel choice depends on its
+  row count (MKL takes another kernel for a single row), so it rounds differently.
 """
 
 from __future__ import annotations
@@ -20,10 +32,13 @@ import torch
 
 from crosscoder_lib.interactions import kernels
 from crosscoder_lib.interactions.codes import ActiveCodes
-from crosscoder_lib.interactions.engine import make_plan, passes, share_sum
-from crosscoder_lib.interactions.kernels import fused
+from crosscoder_lib.interactions.decoder import frozen, input_products
+from crosscoder_lib.interactions.kernels.buffers import Workspace
+from crosscoder_lib.interactions.mlp import AnyMLP
 
 PENALTY_FORMS = ("unweighted", "weighted")
+G_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+G_ROWS = ("all", "active")
 
 
 class InteractionStats(NamedTuple):
@@ -43,9 +58,13 @@ class PenaltyInputs(NamedTuple):
     G: tuple
     """The products ``G_m = W_dec · W_m`` of each input matrix (detached), for the chain rule."""
     W_in: tuple
-    """The kind's input matrices ``W_m`` ``[L, D, N]`` on the decoder's device and dtype."""
+    """The kind's input matrices ``W_m`` ``[L, D, N]`` on the decoder's device, in the products' dtype."""
     chain: Callable
     """The kind's ``chain(∂/∂M, G) -> ∂/∂G_m per matrix`` (:mod:`.mlp`; an iterable, each used before the next)."""
+    rows: torch.Tensor | None = None
+    """The features whose rows ``M`` and ``G`` hold (sorted), when not all (``g_rows="active"``)."""
+    workspace: Workspace | None = None
+    """Where ``∂/∂M`` is written, reused from call to call."""
 
 
 def check_form(form: str) -> None:
@@ -53,47 +72,45 @@ def check_form(form: str) -> None:
         raise ValueError(f"unknown penalty form {form!r}; choose one of {PENALTY_FORMS}")
 
 
-def _max_term_grad(c, w_N, grad_sorted, grad_G_HN) -> None:
-    """The max term's gradient of one chunk (``c.absp_cKN`` is overwritten): each maximal slot gets
-    ``−w_n |G| / ties`` into ``∂/∂|val|`` and ``−w_n |val| / ties`` into ``∂/∂|G|`` (before sign(G))."""
-    N, k = grad_G_HN.shape[1], c.idx_cK.shape[1]
-    mask = c.absp_cKN.eq_(c.max_cN[:, None, :])
-    coef = mask.sum(1).reciprocal_()  # 1 / ties
-    if w_N is not None:
-        coef.mul_(w_N)
-    mask.mul_(coef[:, None, :])
-    num = torch.bmm(mask, c.max_cN[:, :, None]).squeeze(2)  # = Σ_n coef |G| · |val|
-    vabs = c.vabs_cK
-    grad_sorted[c.rows, :k] -= torch.where(vabs > 0, num / vabs.clamp_min(torch.finfo(vabs.dtype).tiny), 0.0)
-    grad_G_HN.index_add_(0, c.idx_cK.reshape(-1), mask.mul_(vabs[:, :, None]).view(-1, N), alpha=-1)
+def check_g_options(g_precision: str, g_rows: str) -> None:
+    if g_precision not in G_PRECISIONS:
+        raise ValueError(f"unknown g_precision {g_precision!r}; choose one of {tuple(G_PRECISIONS)} "
+                         "(float32 is exact; bfloat16 is faster where the CPU or GPU has bf16 matrix units)")
+    if g_rows not in G_ROWS:
+        raise ValueError(f"unknown g_rows {g_rows!r}; choose one of {G_ROWS}")
 
 
-def _penalty_sums_torch(vabs_BK, G_LHN, idx_BK, w_LN, want_grad, chunk_tokens):
-    """``(total, share, ∂total/∂|val|, ∂total/∂G)`` in chunked PyTorch (tokens sorted by active count)."""
-    L, H, N = G_LHN.shape
-    absG_LHN = G_LHN.abs()
-    grad_vabs = grad_G = grad_sorted = None
-    if want_grad:
-        r_LH = absG_LHN.sum(-1) if w_LN is None else torch.einsum("lhn,ln->lh", absG_LHN, w_LN)
-        grad_vabs = r_LH[:, idx_BK].sum(0)
-        c_H = torch.zeros(H, dtype=G_LHN.dtype, device=G_LHN.device).index_add_(0, idx_BK.reshape(-1), vabs_BK.reshape(-1))
-        grad_G = c_H[None, :, None].expand_as(G_LHN).clone() if w_LN is None else c_H[None, :, None] * w_LN[:, None, :]
-    plan = make_plan(idx_BK, vabs_BK, N, chunk_tokens)
-    total = torch.zeros((), dtype=torch.float64)
-    share = torch.zeros((), dtype=torch.float64)
-    if want_grad:
-        grad_sorted = torch.zeros_like(plan.vabs_BK)
-    for c in passes(plan, absG_LHN):
-        w_N = w_LN[c.block] if w_LN is not None else None
-        s, m = c.sum_cN, c.max_cN
-        share += share_sum(s, m)
-        total += (s - m).sum(dtype=torch.float64) if w_N is None else ((s - m) @ w_N).sum(dtype=torch.float64)
-        if want_grad:
-            _max_term_grad(c, w_N, grad_sorted, grad_G[c.block])
-    if want_grad:
-        grad_vabs[plan.order_B] += grad_sorted
-        grad_G.mul_(G_LHN.sign())
-    return float(total), float(share), grad_vabs, grad_G
+def penalty_inputs(W_dec_LHD: torch.Tensor, mlp: AnyMLP, *, g_precision: str = "float32", rows=None,
+                   low_weights: tuple | None = None, workspace: Workspace | None = None) -> PenaltyInputs:
+    """What the penalty reads, from detached decoder rows ``W_dec_LHD`` (module docstring).
+
+    ``rows``: the (sorted) features to form rows for, None for all; ``low_weights``: the MLP's input
+    matrices already in ``g_precision`` (a cache's), else cast here; ``workspace``: reused buffers.
+    """
+    dtype = G_PRECISIONS[g_precision]
+    W_LHD = W_dec_LHD if rows is None else W_dec_LHD.index_select(1, rows)
+    if dtype == W_LHD.dtype:
+        W_in = tuple(frozen(W_m, W_LHD) for W_m in mlp.input_weights())
+        G = input_products(W_LHD, mlp, workspace if rows is None else None)  # active rows: a new shape each batch
+    else:
+        W_in = low_weights or tuple(W_m.detach().to(device=W_LHD.device, dtype=dtype) for W_m in mlp.input_weights())
+        W_low = W_LHD.to(dtype)
+        G = tuple(_widened(torch.matmul(W_low, W_m), W_LHD.dtype, workspace if rows is None else None, f"G{m}")
+                  for m, W_m in enumerate(W_in))
+    return PenaltyInputs(mlp.combined(G), G, W_in, mlp.chain, rows, workspace)
+
+
+def _widened(t: torch.Tensor, dtype: torch.dtype, workspace: Workspace | None, name: str) -> torch.Tensor:
+    if workspace is None:
+        return t.to(dtype)
+    return workspace.get(name, t.shape, dtype, t.device).copy_(t)
+
+
+def active_rows(idx_BK: torch.Tensor, val_BK: torch.Tensor, n_features: int) -> torch.Tensor:
+    """The sorted ids of the features active in a batch of checked codes."""
+    seen = torch.zeros(n_features, dtype=torch.bool, device=idx_BK.device)
+    seen[idx_BK[val_BK.detach() != 0]] = True
+    return seen.nonzero().flatten()
 
 
 class _PenaltySum(torch.autograd.Function):
@@ -118,14 +135,18 @@ class _PenaltySum(torch.autograd.Function):
     def forward(ctx, vabs_BK, W_dec_LHD, inputs: PenaltyInputs, idx_BK, w_LN, chunk_tokens):
         M_LHN = inputs.M_LHN
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        so = kernels.penalty_library(M_LHN)
-        if so is not None:
-            total, share, grad_vabs, grad_M = fused.penalty_sums(so, vabs_BK, M_LHN, idx_BK, w_LN, want_grad)
-        else:
-            total, share, grad_vabs, grad_M = _penalty_sums_torch(vabs_BK, M_LHN, idx_BK, w_LN, want_grad, chunk_tokens)
+        if inputs.rows is not None:  # ids into the formed rows (a padded slot's id, 0, may be any row)
+            row_of = torch.zeros(W_dec_LHD.shape[1], dtype=torch.long, device=idx_BK.device)
+            row_of[inputs.rows] = torch.arange(len(inputs.rows), device=idx_BK.device)
+            idx_BK = row_of[idx_BK]
+        grad_out = None
+        if want_grad and inputs.workspace is not None:
+            grad_out = inputs.workspace.get("grad_M", M_LHN.shape, M_LHN.dtype, M_LHN.device)
+        total, share, grad_vabs, grad_M = kernels.penalty_sums(vabs_BK, M_LHN, idx_BK, w_LN, want_grad, chunk_tokens,
+                                                               grad_out)
         if want_grad:
             ctx.save_for_backward(grad_vabs, grad_M)
-            ctx.inputs = inputs
+            ctx.inputs, ctx.n_features = inputs, W_dec_LHD.shape[1]
         share_t = torch.tensor(share, dtype=torch.float64)
         ctx.mark_non_differentiable(share_t)
         return torch.tensor(total, dtype=M_LHN.dtype, device=M_LHN.device), share_t
@@ -133,13 +154,16 @@ class _PenaltySum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_share):
         grad_vabs, grad_M = ctx.saved_tensors
-        grad_W = None
+        inputs, grad_W = ctx.inputs, None
+        ctx.inputs = None  # the graph may outlive this call (a returned loss): free G and the buffers for reuse
         if ctx.needs_input_grad[1]:
-            inputs = ctx.inputs
             for grad_G, W_m in zip(inputs.chain(grad_M, inputs.G), inputs.W_in):
-                term = torch.matmul(grad_G, W_m.transpose(1, 2))
+                term = torch.matmul(grad_G.to(W_m.dtype), W_m.transpose(1, 2)).to(grad_M.dtype)
                 grad_W = term if grad_W is None else grad_W.add_(term)
             grad_W.mul_(grad_total)
+            if inputs.rows is not None:
+                L, _, D = grad_W.shape
+                grad_W = grad_W.new_zeros(L, ctx.n_features, D).index_copy_(1, inputs.rows, grad_W)
         return (grad_total * grad_vabs if ctx.needs_input_grad[0] else None, grad_W, None, None, None, None)
 
 

@@ -31,30 +31,36 @@ import torch.nn.functional as F
 from crosscoder_lib.crosscoder.activations import SparseCodes, auxk_codes, l0
 from crosscoder_lib.crosscoder.distributed import SINGLE, SingleProcess
 from crosscoder_lib.crosscoder.model import Crosscoder
-from crosscoder_lib.interactions.kernels import penalty_library
+from crosscoder_lib.interactions.kernels import penalty_backend
 from crosscoder_lib.interactions.mlp import AnyMLP
 from crosscoder_lib.interactions.object import MLPInteractions
-from crosscoder_lib.interactions.penalty import InteractionStats
+from crosscoder_lib.interactions.penalty import InteractionStats, check_g_options
 
 PenaltyFn = Callable[[SparseCodes], InteractionStats]
 
 
-def interaction_term(crosscoder: Crosscoder, mlp: AnyMLP, form: str) -> PenaltyFn:
+def interaction_term(crosscoder: Crosscoder, mlp: AnyMLP, form: str, *, g_precision: str = "float32",
+                     g_rows: str = "all") -> PenaltyFn:
     """``codes -> InteractionStats(penalty, dominant_share)`` of the crosscoder's current decoder at
     the MLP-input slots (differentiable through the codes and ``W_dec_HXD``). ``mlp`` may hold the
-    whole model's blocks: those the crosscoder's hookpoints read are taken."""
+    whole model's blocks: those the crosscoder's hookpoints read are taken. ``g_precision`` and
+    ``g_rows`` choose how the ``G`` products are formed (opt in: bfloat16, active rows only; see
+    :mod:`crosscoder_lib.interactions.penalty`)."""
+    check_g_options(g_precision, g_rows)
     interactions = MLPInteractions.of(crosscoder, mlp)
 
     def penalty(codes: SparseCodes) -> InteractionStats:
-        return interactions.penalty(codes, form=form)
+        return interactions.penalty(codes, form=form, g_precision=g_precision, g_rows=g_rows)
 
     return penalty
 
 
 def penalty_path(device: torch.device) -> str:
     """Which implementation sums the penalty on ``device`` (``"kernel"``: the fused C kernel,
-    ``"torch"``: chunked PyTorch); they round differently, so a resume must keep it."""
-    return "torch" if penalty_library(torch.empty(0, device=device)) is None else "kernel"
+    ``"triton"``: the Triton kernel, ``"torch"``: chunked PyTorch); they round differently, so a
+    resume must keep it."""
+    backend = penalty_backend(torch.empty(0, device=device))
+    return "kernel" if backend == "c" else backend
 
 
 class Objective(NamedTuple):

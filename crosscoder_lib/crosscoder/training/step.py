@@ -66,7 +66,12 @@ class TrainingStep:
         """A fresh step for ``crosscoder`` (a config builds a new model; a model is trained in place)."""
         cc = crosscoder if isinstance(crosscoder, Crosscoder) else Crosscoder(crosscoder)
         cc.to(device).train()
-        penalty = interaction_term(cc, mlp.to(device), cfg.penalty_form) if cfg.lambda_int > 0 else None
+        penalty = None
+        if cfg.lambda_int > 0:
+            # TrainConfig.g_precision / g_rows once the config carries them; the exact defaults until then.
+            penalty = interaction_term(cc, mlp.to(device), cfg.penalty_form,
+                                       g_precision=getattr(cfg, "g_precision", "float32"),
+                                       g_rows=getattr(cfg, "g_rows", "all"))
         tracker = FiringTracker(cc.n_features, cc.cfg.dead_steps).to(device)
         return cls(Objective(cc, penalty, parallel), make_optimizer(cc, cfg), tracker, cfg)
 
@@ -93,8 +98,12 @@ class TrainingStep:
                 "Huge activations in the data (check the model and the hookpoints) or a too high lr or "
                 "lambda_int can cause it; nothing of this step was applied.")
         params = self.optimizer.param_groups[0]["params"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # zero_grad(set_to_none=True), keeping W_enc's and W_dec's gradients for this backward to
+        # overwrite: mapping their 80 MB buffers anew each step cost a third of it at the paper's
+        # geometry (crosscoder_lib.interactions.kernels.buffers).
+        cc.grad_buffers.recycle(p for group in self.optimizer.param_groups for p in group["params"])
+        with cc.grad_buffers.backward():
+            loss.backward()
         parallel.average_gradients(params)
         if cfg.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)

@@ -1,4 +1,4 @@
-"""``python -m crosscoder_lib.interactions.kernels build|status``: compile the penalty kernel, or report it.
+"""``python -m crosscoder_lib.interactions.kernels build|status``: compile the penalty's C kernel, or report the backends.
 
 Exit status: 0 done, 1 the kernel could not be built or loaded (the message says why), 2 a bad
 setting (``CROSSCODER_LIB_KERNEL``).
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     st = kernel_status()
     print(f"setting: {st.setting}\nbackend for float32 CPU penalties: {st.backend}\n"
-          f"library: {st.library or '-'}\nreason: {st.reason or '-'}\nthreads: {st.threads}")
+          f"library: {st.library or '-'}\nreason: {st.reason or '-'}\nthreads: {st.threads}\n"
+          f"backend for float32 CUDA penalties: {st.gpu_backend}\nGPU reason: {st.gpu_reason or '-'}")
     return 0
 
 

@@ -43,9 +43,10 @@ def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
 
 
-def penalty_sums(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad):
+def penalty_sums(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad, grad_out=None):
     """``(total, share, ∂total/∂|val|, ∂total/∂G)`` through the fused C kernel ``so`` (float32 CPU
-    tensors): the max term over column ranges, the G-sized passes over row ranges, in parallel."""
+    tensors): the max term over column ranges, the G-sized passes over row ranges, in parallel.
+    ``∂/∂G`` is written into ``grad_out`` when given (every element: its content may be garbage)."""
     L, H, N = G_LHN.shape
     B, K = idx_BK.shape
     G, idx, vabs = G_LHN.detach().contiguous(), idx_BK.contiguous(), vabs_BK.detach().contiguous()
@@ -64,7 +65,7 @@ def penalty_sums(so, vabs_BK, G_LHN, idx_BK, w_LN, want_grad):
         # times sign(G), both from one pass over G; the max term then subtracts its part from grad_G.
         c_H = torch.zeros(H, dtype=torch.float32).index_add_(0, idx.reshape(-1), vabs.reshape(-1))
         r_LH = torch.empty(L, H, dtype=torch.float32)
-        grad_G = torch.empty(L, H, N, dtype=torch.float32)
+        grad_G = torch.empty(L, H, N, dtype=torch.float32) if grad_out is None else grad_out
         run_all([(so.row_sums_and_grad, G[l].data_ptr(), N, wp(l), c_H.data_ptr(), h0, h1, r_LH[l].data_ptr(),
                   grad_G[l].data_ptr()) for l in range(L) for h0, h1 in _ranges(H, threads)])
         grad_vabs = r_LH[:, idx].sum(0)
