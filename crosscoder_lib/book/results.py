@@ -210,12 +210,18 @@ def reproduction_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def replace_between(text: str, body: str, begin: str, end: str, what: str) -> str:
+    """``text`` with the block between the marker lines ``begin`` and ``end`` replaced by ``body``
+    (``what`` names the block in the error raised when a marker is missing)."""
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"README has no {what} markers; add these two lines where it goes:\n{begin}\n{end}")
+    return text[: i + len(begin)] + "\n" + body + "\n" + text[j:]
+
+
 def render_readme(readme_text: str, table: str) -> str:
     """``readme_text`` with the block between the table markers replaced by ``table``."""
-    begin, end = readme_text.find(TABLE_BEGIN), readme_text.find(TABLE_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"README has no reproduction-table markers; add the lines\n{TABLE_BEGIN}\n{TABLE_END}")
-    return readme_text[: begin + len(TABLE_BEGIN)] + "\n" + table + "\n" + readme_text[end:]
+    return replace_between(readme_text, table, TABLE_BEGIN, TABLE_END, "reproduction-table")
 
 
 def main(argv: list[str] | None = None) -> int:
