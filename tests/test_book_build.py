@@ -23,9 +23,6 @@ needs_browser = [pytest.mark.browser, pytest.mark.skipif(
 PAGES = [Path(f).with_suffix(".html").as_posix() for f in toc_files()] + ["genindex.html", "search.html"]
 # Defects of one chapter's own content that the browser finds (strict: a fixed page fails until its entry goes).
 PAGE_DEFECTS = {
-    "book/chapters/02_compact_proofs.html": "an inline formula of the layer-wise bound (‖e_post‖ ≤ …) is left as raw "
-                                            "TeX and is wider than the column: it should be display math",
-    "book/chapters/smollm2/02_compact_proofs.html": "the chapter's raw-TeX inline formula (see the toy page)",
     "book/chapters/04_interaction_clusters.html": "an empty widget Output area: the chapter's explorer shows nothing "
                                                   "in the built book",
 }
