@@ -132,8 +132,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The real world's CPU defaults (module docstring). CONTEXT_LEN 128: one story per window
     # (token_batches(..., pack=False)), most of a SmolLM2 story.
     "smollm2": {
-        "01": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=600, DEAD_STEPS=200,
-                   N_SPLICE_SEQS=8),
+        # 3 seeds within the page's ~6 min: a step costs about the same at 512 or 1024 features on a CPU
+        # (17 × 576 inputs), so the steps are what is cut; each seed splices 17 slots through all 30 blocks.
+        "01": dict(_REAL, N_TOKENS=16_384, N_EVAL_TOKENS=4_096, N_FEATURES=1024, STEPS=200, DEAD_STEPS=50,
+                   N_SPLICE_SEQS=2),
         # Chapter 2 trains one crosscoder per seed and carries the float64 layer-wise bound through all 30
         # blocks for each: a small dictionary and 8 held-out stories keep the page near 6 min.
         "02": dict(_REAL, N_TEXTS=200, CONTEXT_LEN=64, N_FEATURES=512, STEPS=150, N_EVAL_SEQS=8),
@@ -147,7 +149,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # FAST on another world: these values on top of the "fast" preset's (each chapter FAST within 90 s).
 _WORLD_FAST: dict[str, dict[str, dict[str, Any]]] = {
     "smollm2": {
-        "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=2),
+        # 2 seeds and 1 spliced sequence (each seed splices 17 slots through all 30 blocks); 40 steps: at 30 the
+        # inference threshold has not settled (L0 ~1.7k).
+        "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=1,
+                   SEEDS=[0, 1]),
         "02": dict(N_TEXTS=48, N_FEATURES=256, STEPS=30, N_EVAL_SEQS=2, SEEDS=[0, 1]),  # 48 stories: ≥ one harvest batch
         "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000]),
         "04": dict(N_TOKENS=3_000, N_EVAL_TOKENS=1_500, N_FEATURES=128, STEPS=40),
