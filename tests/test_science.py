@@ -102,9 +102,9 @@ def test_a_number_without_an_interval_has_no_margin(good, tmp_path, monkeypatch)
 
 def test_committed_reads_full_runs_only(good, tmp_path, monkeypatch):
     assert committed("01_crosscoders")["chapter"] == "01_crosscoders"  # the repository's own file
-    with pytest.raises(AssertionError, match=r"no committed results for 01_crosscoders in world 'smollm2' "
-                                             r"\(01_crosscoders\.smollm2\.json\)"):
-        committed("01_crosscoders", "smollm2")
+    with pytest.raises(AssertionError, match=r"no committed results for 06_full_scale in world 'smollm2' "
+                                             r"\(06_full_scale\.smollm2\.json\)"):
+        committed("06_full_scale", "smollm2")  # chapter 6 has no SmolLM2 page
     data = json.loads((good / f"{CH3}.json").read_text())
     (tmp_path / f"{CH3}.json").write_text(json.dumps(dict(data, fast=True)))
     monkeypatch.setenv("CROSSCODER_SCIENCE_RESULTS", str(tmp_path))

@@ -37,6 +37,7 @@ _QUIET_WARNINGS = (
     r".*Setting `pad_token_id` to `eos_token_id`.*",
     r".*generation flags are not valid.*",
     r".*IProgress not found.*",
+    r".*A forward hook edited hook_scale/hook_normalized.*",  # TransformerLens, on every SmolLM2 splice
 )
 
 
