@@ -125,8 +125,9 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "02": dict(N_TEXTS=120, CONTEXT_LEN=32, N_FEATURES=256, STEPS=60, N_EVAL_SEQS=4),
         "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=50, DEAD_STEPS=10,
                    LAMBDAS=[0, 100, 1000], ABLATION_BATCHES=1, ABLATION_SEQS=2),
-        "04": dict(N_TOKENS=8_000, N_EVAL_TOKENS=4_000, N_FEATURES=128, STEPS=60, MIN_CLUSTER=3, N_RANDOM=10),
-        "05": dict(N_TOKENS=5_000, N_FEATURES=256, STEPS=60, N_EVAL_DOCS=30, MAX_NEW_TOKENS=12),
+        "04": dict(N_TOKENS=8_000, N_EVAL_TOKENS=4_000, N_FEATURES=128, STEPS=60, MIN_CLUSTER=3, N_RANDOM=10,
+                   SEEDS=[0, 1]),
+        "05": dict(N_TOKENS=5_000, N_FEATURES=256, STEPS=60, N_EVAL_DOCS=30, MAX_NEW_TOKENS=12, SEEDS=[0, 1]),
         "06": dict(TOY_LORA_STEPS=3, TOY_EVAL_DOCS=8, BENCH_STEPS=1),
     },
     # The real world's CPU defaults (module docstring). CONTEXT_LEN 128: one story per window
