@@ -22,10 +22,7 @@ needs_browser = [pytest.mark.browser, pytest.mark.skipif(
 # Every page of the built book, as its path in _build/html.
 PAGES = [Path(f).with_suffix(".html").as_posix() for f in toc_files()] + ["genindex.html", "search.html"]
 # Defects of one chapter's own content that the browser finds (strict: a fixed page fails until its entry goes).
-PAGE_DEFECTS = {
-    "book/chapters/04_interaction_clusters.html": "an empty widget Output area: the chapter's explorer shows nothing "
-                                                  "in the built book",
-}
+PAGE_DEFECTS: dict[str, str] = {}
 
 
 def screenshots_dir() -> Path:

