@@ -47,3 +47,11 @@ def test_the_toy_pays_the_largest_penalty_with_its_mlp_inputs():
     """The mechanism the chapter gives for what large λ does: the MLP inputs' reconstruction is given up
     (their FVU at the top of the sweep is above λ = 0's)."""
     assert_above(_results(EMBEDDED_WORLD), "mlp_input_fvu_at_top", "mlp_input_fvu_at_0", half_widths=3)
+
+
+def test_the_toy_keeps_more_of_each_mlp_relative_to_its_reconstruction_at_matched_cost():
+    """Figure 2 relative to Φ(none): at matched reconstruction cost (the largest λ whose FVU is within 25 % of
+    λ = 0's) one feature per neuron keeps a larger share of what the full reconstruction keeps than at λ = 0
+    (paired over seeds). The absolute keep_largest gain, and the gains at the paper's share, are within about
+    two half-widths in the first full run, so they are reported by the chapter, not asserted."""
+    assert_above(_results(EMBEDDED_WORLD), "keep_ratio_gain_at_matched_cost", 0.0, half_widths=3)
