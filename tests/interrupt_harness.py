@@ -39,6 +39,7 @@ from crosscoder_lib.crosscoder.training import loss as loss_mod
 from crosscoder_lib.crosscoder.training import outdir as outdir_mod
 from crosscoder_lib.crosscoder.training import progress as progress_mod
 from crosscoder_lib.files import read_json, read_tensors
+from crosscoder_lib.interactions.kernels.buffers import GradientBuffers
 
 HP = ["blocks.0.hook_resid_pre", "blocks.0.ln2.hook_normalized", "blocks.0.hook_resid_post"]
 N_STEPS = 8
@@ -124,7 +125,8 @@ def install() -> None:
     _wrap(BatchTopK, "_stage_threshold", "threshold_staged", "leave")
     _wrap(loss_mod, "aux_loss", "aux_loss", "leave")
     _wrap(step_mod, "compute_loss", "loss_computed", "leave")
-    _wrap(torch.optim.Optimizer, "zero_grad", "zero_grad", "enter")
+    # the step clears its gradients through its recycled buffers (in place of Optimizer.zero_grad)
+    _wrap(GradientBuffers, "recycle", "zero_grad", "enter")
     _wrap(torch.Tensor, "backward", "backward_enter", "enter")
     _inside_backward()
     _wrap(torch.Tensor, "backward", "backward_leave", "leave")

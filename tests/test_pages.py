@@ -159,3 +159,14 @@ def test_the_exercise_version_runs_fast_to_its_first_exercise(chapter, fast_book
     run = execute(Path("book/exercises") / f"{chapter}.ipynb", fast_book_dir / "exercises" / f"{chapter}.ipynb",
                   fast_book_dir / "exercise_results")
     assert_stops_at_first_exercise(run, version)
+
+
+def test_a_world_page_prefixes_the_labels_it_defines_and_its_references_to_them():
+    """The toy page and its world page are built into one book: a label may be defined only once there."""
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["(window)=\n", "## The window\n"]},
+                    {"cell_type": "markdown", "metadata": {},
+                     "source": ["See {ref}`window`, {ref}`the window <window>` and {ref}`notation`.\n"]}]}
+    pages._relabel(nb, "smollm2")
+    assert "".join(nb["cells"][0]["source"]).startswith("(smollm2-window)=")
+    assert "".join(nb["cells"][1]["source"]) == ("See {ref}`smollm2-window`, {ref}`the window <smollm2-window>` and "
+                                                 "{ref}`notation`.\n")
