@@ -57,11 +57,18 @@ def notebook_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
             if name.isupper() and not name.startswith("_") and isinstance(value, _PLAIN)}
 
 
+ONE_STORY_PER_WINDOW = ("smollm2",)
+"""Worlds whose windows hold one document each (``harvest_positions(..., pack=False)``): SmolLM2 makes
+every ``<|endoftext|>`` an attention sink, so a packed window's later stories read a sink, not their
+own start. The toy and GPT-Neo models pack documents into windows, as the paper does."""
+
+
 class ChapterRun:
     """One chapter execution. Attributes: ``chapter``, ``params`` (as the run started, FAST's values
     applied), ``fast``, ``world`` (from ``MODEL``, :func:`crosscoder_lib.book.results.world_of`),
     ``device`` (resolved), ``glued`` (the numbers shown in the chapter's prose), ``seeded`` (the
-    numbers measured over seeds, :meth:`record_seeds`)."""
+    numbers measured over seeds, :meth:`record_seeds`), ``pack`` (whether windows pack several
+    documents: :data:`ONE_STORY_PER_WINDOW`)."""
 
     def __init__(self, chapter: str, *, params: dict[str, Any], device: str | torch.device, fast: bool):
         self.chapter, self.params, self.fast = chapter, dict(params), bool(fast)
@@ -70,6 +77,7 @@ class ChapterRun:
         self.glued: dict[str, Any] = {}
         self.seeded: dict[str, SeedSummary] = {}
         self.started = time.perf_counter()
+        self.pack = self.world not in ONE_STORY_PER_WINDOW
 
     @classmethod
     def from_globals(cls, chapter: str, namespace: MutableMapping[str, Any], world: str | None = None) -> ChapterRun:
