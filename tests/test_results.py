@@ -23,6 +23,15 @@ def test_record_and_table(tmp_path, monkeypatch):
     assert "| 01_x | embedded | Fig. 1 share | 0.92 | 0.712 | CPU:" in table and "2.0 min" in table
     assert "never shown" not in table, "FAST runs must not reach the README"
     assert results.load("01_x")["metrics"] == {"fvu": 0.1}
+    assert "2.0 min (load not recorded)" in table
+
+
+def test_the_table_names_the_load_a_run_time_was_measured_under(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    results.record("01_x", {}, params={}, device="cpu", run_seconds=60.0, fast=False, load_average=(0.4, 2.5),
+                   reproduction=[{"result": "r", "paper": "p", "ours": 1}])
+    assert results.load("01_x")["load_average"] == [0.4, 2.5]
+    assert "| 60 s (load 2.5) |" in results.reproduction_table(tmp_path)
 
 
 def test_bad_reproduction_row_is_refused(tmp_path, monkeypatch):

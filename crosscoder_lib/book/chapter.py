@@ -25,6 +25,7 @@ go into the results file, and the README's table shows ``mean ± half-width (n=3
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -77,6 +78,7 @@ class ChapterRun:
         self.glued: dict[str, Any] = {}
         self.seeded: dict[str, SeedSummary] = {}
         self.started = time.perf_counter()
+        self.load_at_start = os.getloadavg()[0]
         self.pack = self.world not in ONE_STORY_PER_WINDOW
 
     @classmethod
@@ -148,6 +150,7 @@ class ChapterRun:
         path = record(
             self.chapter, {**metrics, **self.seeded}, params=self.params, device=self.device, run_seconds=self.seconds,
             fast=self.fast, reproduction=reproduction, world=self.world, glued=self.glued,
+            load_average=(self.load_at_start, os.getloadavg()[0]),
         )
         print(f"results written to {display.shown_path(path, repo_root())} ({format_seconds(self.seconds)} "
               f"on {describe_device(self.device)}, world {self.world})")

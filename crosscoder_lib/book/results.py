@@ -133,12 +133,15 @@ def record(
     reproduction: list[dict[str, Any]] | None = None,
     world: str | None = None,
     glued: dict[str, Any] | None = None,
+    load_average: tuple[float, float] | None = None,
 ) -> Path:
     """Write a chapter's results file and return its path.
 
     ``reproduction`` rows are ``{"result": str, "paper": str, "ours": number, str or seed
     summary}``; they become the README's table. ``metrics`` holds whatever the chapter's test
     asserts on. ``world`` defaults to :func:`world_of` the ``MODEL`` in ``params``.
+    ``load_average``: the machine's 1-minute load average when the run started and ended, so that a
+    run time measured on a busy machine says so.
     """
     for row in reproduction or []:
         missing = {"result", "paper", "ours"} - set(row)
@@ -152,6 +155,7 @@ def record(
         "device": str(device),
         "device_name": describe_device(device),
         "run_seconds": round(float(run_seconds), 1),
+        **({"load_average": [round(float(x), 2) for x in load_average]} if load_average else {}),
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "params": _jsonable(params),
         "metrics": _jsonable(metrics),
@@ -193,6 +197,12 @@ def _full_runs(folder: Path) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda d: (d["chapter"], d["world"] != EMBEDDED_WORLD, d["world"]))
 
 
+def _run_time(data: dict[str, Any]) -> str:
+    """A results file's run time, with the machine's load (the larger of its start and end values)."""
+    load = data.get("load_average")
+    return format_seconds(data["run_seconds"]) + (f" (load {max(load):.1f})" if load else " (load not recorded)")
+
+
 def reproduction_table(folder: Path) -> str:
     """The markdown reproduction table built from every results file in ``folder`` (FAST runs skipped)."""
     lines = [
@@ -203,7 +213,7 @@ def reproduction_table(folder: Path) -> str:
         for row in data.get("reproduction", []):
             lines.append(
                 f"| {data['chapter']} | {data['world']} | {row['result']} | {format_value(row['paper'])} "
-                f"| {format_value(row['ours'])} | {data['device_name']} | {format_seconds(data['run_seconds'])} |"
+                f"| {format_value(row['ours'])} | {data['device_name']} | {_run_time(data)} |"
             )
     if len(lines) == 2:
         lines.append("| – | – | no full run recorded yet | | | | |")
