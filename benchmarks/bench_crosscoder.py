@@ -38,7 +38,7 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
-from machine import describe, figure, finish, machine_line
+from machine import begin, figure, finish
 from timing import timed
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
@@ -297,11 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child)))
         return []
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sizes = SIZES["quick" if args.quick else "full"]
-    machine = describe(gemm_n=sizes["gemm_n"])
-    print(f"{machine_line(machine)}; medians of {sizes['repeats']} round-robin runs\n")
+    sizes, machine = begin(args, SIZES)
     t = measure_steps(sizes)
     floor = print_steps(t, sizes, machine)
     h, (small, large) = print_harvest_and_memory(sizes, args.quick)

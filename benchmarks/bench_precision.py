@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from machine import describe, figure, finish, machine_line
+from machine import begin, figure, finish
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder.evaluation import evaluate_reconstruction
@@ -139,13 +139,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/bench_precision.json")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes, machine = begin(args, SIZES)
     steps, batch, n_features, n_test = sizes["train"]
     steps = args.steps or steps
-    machine = describe(gemm_n=sizes["gemm_n"])
-    print(machine_line(machine) + "\n")
     p = at_paper_geometry(sizes["case"])
     L, D, N, H, T = sizes["case"]
     print(f"1. {L} blocks, D={D}, N={N}, H={H}, {T} tokens (padded K = {p['padded_K']}): G rel. error "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from bench_crosscoder import bare_forward_ratios
-from machine import describe, figure, finish, machine_line
+from machine import begin, figure, finish
 from timing import timed
 
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
@@ -137,11 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="smoke run: a random tiny Llama, one repeat (seconds)")
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/bench_real_model.json")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sizes = SIZES["quick" if args.quick else "full"]
-    machine = describe(gemm_n=sizes["gemm_n"])
-    print(f"{machine_line(machine)}; medians of {sizes['repeats']} round-robin runs\n")
+    sizes, machine = begin(args, SIZES)
     m = measure(sizes)
     h, t, b = m["harvest"], m["times_s"], sizes["batch"]
     n_seq, n_tok = sizes["harvest_tokens"]

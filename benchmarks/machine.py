@@ -83,6 +83,18 @@ def describe(device: str = "cpu", gemm_n: int = 2048) -> dict:
     return info
 
 
+def begin(args, sizes_by_mode: dict[str, dict]) -> tuple[dict, dict]:
+    """A script's start: ``--threads``, its sizes (``"quick"`` under ``--quick``, else ``"full"``), and the
+    machine described and printed with the GEMM rate measured now. Returns ``(sizes, machine)``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = sizes_by_mode["quick" if args.quick else "full"]
+    machine = describe(gemm_n=sizes["gemm_n"])
+    repeats = f"; medians of {sizes['repeats']} round-robin runs" if "repeats" in sizes else ""
+    print(f"{machine_line(machine)}{repeats}\n")
+    return sizes, machine
+
+
 def machine_line(info: dict) -> str:
     """One line naming the machine and its measured GEMM rate."""
     return (f"{info['cpu_model']} ({', '.join(info.get('cpu_flags', [])) or 'no flags read'}), "
