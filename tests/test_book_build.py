@@ -15,6 +15,8 @@ import yaml
 from browser import Browser, Inspection, find_browser
 from notebooks import NOT_YET, ROOT, build_book, page_id, stage_book, toc_files, toc_notebooks
 
+from crosscoder_lib.book.seeds import SeedSummary
+
 BROWSER = find_browser()
 needs_browser = [pytest.mark.browser, pytest.mark.skipif(
     BROWSER is None, reason="needs headless Chromium or Chrome: install Debian's 'chromium' package (as root: "
@@ -94,14 +96,15 @@ def test_numbers_in_prose_come_from_the_run(built_book, fast_execution):
     text = re.sub(r"<[^>]+>", "", html)
     assert "{glue}" not in text, "a glue role was left unresolved"
     assert f"maximum slope of {glued['lip_gelu']:.2f} near" in text
-    assert f"{glued['tightness']:.2f}-fold on average" in text
+    tightness = SeedSummary(**glued["tightness"])  # glued over the draws: "mean ± half-width (n=…)"
+    assert f"overestimate the error {tightness:.2f}-fold on" in text
 
 
 def test_markdown_tables_render_as_tables(built_book):
     """display(Markdown(table)) is parsed as MyST (nb_render_markdown_format), so it is an HTML table."""
     html = (built_book / "book" / "chapters" / "06_full_scale.html").read_text()
     tables = re.findall(r"<table.*?</table>", html, re.S)
-    assert any("positions in memory" in t for t in tables), "the cost table is not rendered as a table"
+    assert any("positions held" in t and "A100 (est.)" in t for t in tables), "the cost table is not rendered as a table"
     assert "| preset | chapter |" not in html
 
 
