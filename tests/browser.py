@@ -75,6 +75,11 @@ CHECKS = r"""
   const describe = el => el.tagName.toLowerCase() + (el.className && typeof el.className === "string" ?
                          "." + el.className.trim().split(/\s+/).join(".") : "") + ": " +
                          (el.textContent || "").trim().slice(0, 60).replace(/\s+/g, " ");
+  const insideScroller = el => {
+    for (let a = el.parentElement; a && a !== main; a = a.parentElement)
+      if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true;
+    return false;
+  };
   for (const el of main.querySelectorAll("*")) {
     if (el.closest("mjx-assistive-mml, script, style")) continue;
     const r = el.getBoundingClientRect();
@@ -86,14 +91,14 @@ CHECKS = r"""
       found.overflow.push("cut off (overflow hidden): " + describe(el));
       continue;
     }
-    if (r.right <= column.right + 2) continue;
-    let a = el.parentElement, scrolls = false;
-    for (; a && a !== main; a = a.parentElement) {
-      const s = getComputedStyle(a).overflowX;
-      if (s === "auto" || s === "scroll") { scrolls = true; break; }
+    // a left overflow never scrolls, so the page's scrollWidth does not show it
+    if (r.left < -2 && !insideScroller(el)) {
+      found.overflow.push(`past the window's left edge by ${Math.round(-r.left)}px: ` + describe(el));
+      continue;
     }
-    if (!scrolls) found.overflow.push(`past the column's right edge by ${Math.round(r.right - column.right)}px: ` +
-                                      describe(el));
+    if (r.right <= column.right + 2) continue;
+    if (!insideScroller(el)) found.overflow.push(`past the column's right edge by ${Math.round(r.right - column.right)}px: ` +
+                                                 describe(el));
   }
   if (document.documentElement.scrollWidth > window.innerWidth + 2)
     found.overflow.push(`the page scrolls sideways (${document.documentElement.scrollWidth}px > ${window.innerWidth}px)`);
@@ -113,6 +118,20 @@ SETTLE = r"""
   return true;
 })()
 """
+
+
+def same_article(view_png: bytes, page_png: Path, box: list[float]) -> bool:
+    """Whether the page's screenshot shows, in the window's first screen, the article ``box`` (left, top,
+    right, bottom in CSS pixels) as the window itself drew it (99 % of its pixels equal)."""
+    import io
+
+    from PIL import Image, ImageChops
+
+    box = tuple(int(round(v)) for v in box)
+    with Image.open(io.BytesIO(view_png)) as view, Image.open(page_png) as page:
+        a, b = view.convert("RGB").crop(box), page.convert("RGB").crop(box)
+        diff = ImageChops.difference(a, b).convert("L").point(lambda v: 255 if v > 16 else 0)
+        return diff.histogram()[255] <= 0.01 * a.width * a.height
 
 
 class Inspection(NamedTuple):
@@ -243,13 +262,23 @@ class Browser:
             self._evaluate(session, SETTLE)
             found = json.loads(self._evaluate(session, CHECKS))
             mathjax = self._evaluate(session, "document.querySelectorAll('mjx-container').length")
+            article = self._evaluate(session, "(() => { const r = (document.querySelector('main .bd-article') || "
+                                              "document.body).getBoundingClientRect(); return [r.left, r.top, r.right, "
+                                              "Math.min(r.bottom, window.innerHeight)]; })()")
             widgets = self._evaluate(session, "document.querySelectorAll('.widget-subarea .jupyter-widgets').length")
+            view = base64.b64decode(self._send("Page.captureScreenshot", session, format="png")["data"])
             size = self._send("Page.getLayoutMetrics", session)["cssContentSize"]
-            shot = self._send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True,
-                              clip={"x": 0, "y": 0, "width": WIDTH, "scale": 1,
-                                    "height": min(size["height"], MAX_SHOT_HEIGHT)})
+            # A full-page shot taken with captureBeyondViewport renders the primary sidebar and the article
+            # shifted left on long pages (chapter 3's screenshot lost its left 100-400 px, while the page laid
+            # out correctly); a viewport as tall as the page, captured as it is, draws what a reader sees.
+            self._send("Emulation.setDeviceMetricsOverride", session, width=WIDTH,
+                       height=int(min(size["height"], MAX_SHOT_HEIGHT)), deviceScaleFactor=1, mobile=False)
+            self._evaluate(session, "new Promise(r => setTimeout(() => r(true), 500))")
+            shot = self._send("Page.captureScreenshot", session, format="png")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
+            found["screenshot"] = [] if same_article(view, screenshot, article) else [
+                "the full-page screenshot does not show the article where the window shows it"]
             return Inspection(page.as_uri(), found, self._console(session), screenshot, mathjax, widgets)
         finally:
             self._send("Target.closeTarget", targetId=target)
