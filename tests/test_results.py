@@ -32,6 +32,12 @@ def test_the_table_names_the_load_a_run_time_was_measured_under(tmp_path, monkey
                    reproduction=[{"result": "r", "paper": "p", "ours": 1}])
     assert results.load("01_x")["load_average"] == [0.4, 2.5]
     assert "| 60 s (load 2.5) |" in results.reproduction_table(tmp_path)
+    results.record("02_x", {}, params={"MODEL": "smollm2-135m"}, device="cpu", run_seconds=120.0, fast=False,
+                   reproduction=[{"result": "r", "paper": "p", "ours": 1}])
+    assert results.run_time_summary(tmp_path) == ("These full runs took 3.0 min in all (embedded 60 s over 1 page; "
+                                                  "smollm2 2.0 min over 1 page; the largest load 2.5, 1 run with "
+                                                  "no load recorded).")
+    assert results.readme_block(tmp_path).endswith(results.run_time_summary(tmp_path))
 
 
 def test_bad_reproduction_row_is_refused(tmp_path, monkeypatch):
@@ -42,7 +48,7 @@ def test_bad_reproduction_row_is_refused(tmp_path, monkeypatch):
 
 def test_readme_table_is_generated_from_committed_results():
     text = (ROOT / "README.md").read_text()
-    assert results.render_readme(text, results.reproduction_table(ROOT / "book" / "results")) == text, (
+    assert results.render_readme(text, results.readme_block(ROOT / "book" / "results")) == text, (
         "README.md's reproduction table is stale: run `make table` (python -m crosscoder_lib.book.results)")
 
 

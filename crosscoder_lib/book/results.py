@@ -220,6 +220,34 @@ def reproduction_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def run_time_summary(folder: Path) -> str:
+    """One sentence under the table: the full runs' run times summed per world and over all, with the
+    largest load any of them ran under (what ``make book`` spends executing pages, its build aside)."""
+    runs = _full_runs(folder)
+    if not runs:
+        return ""
+    worlds: dict[str, list[dict[str, Any]]] = {}
+    for data in runs:
+        worlds.setdefault(data["world"], []).append(data)
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}" + ("" if n == 1 else "s")
+
+    parts = [f"{world} {format_seconds(sum(d['run_seconds'] for d in ds))} over {count(len(ds), 'page')}"
+             for world, ds in worlds.items()]
+    loads = [max(d["load_average"]) for d in runs if d.get("load_average")]
+    load = (f"the largest load {max(loads):.1f}" + ("" if len(loads) == len(runs) else
+                                                   f", {count(len(runs) - len(loads), 'run')} with no load recorded")
+            if loads else "no load recorded")
+    return (f"These full runs took {format_seconds(sum(d['run_seconds'] for d in runs))} in all "
+            f"({'; '.join(parts)}; {load}).")
+
+
+def readme_block(folder: Path) -> str:
+    """What goes between the README's table markers: the table, then :func:`run_time_summary`."""
+    summary = run_time_summary(folder)
+    return reproduction_table(folder) + (f"\n\n{summary}" if summary else "")
+
+
 def replace_between(text: str, body: str, begin: str, end: str, what: str) -> str:
     """``text`` with the block between the marker lines ``begin`` and ``end`` replaced by ``body``
     (``what`` names the block in the error raised when a marker is missing)."""
@@ -241,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     root = repo_root() or Path.cwd()
     readme = root / "README.md"
     text = readme.read_text()
-    new = render_readme(text, reproduction_table(root / "book" / "results"))
+    new = render_readme(text, readme_block(root / "book" / "results"))
     if args.check:
         if new != text:
             print("README.md's reproduction table is stale: run `python -m crosscoder_lib.book.results`", file=sys.stderr)
