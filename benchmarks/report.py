@@ -66,6 +66,22 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def frameworks_table(record: dict) -> str:
+    """bench_peers' per-framework rows (tokens/s, ms/step, peak memory, what one step includes); ``""``
+    for any other benchmark."""
+    frameworks = record.get("raw", {}).get("frameworks")
+    if not frameworks:
+        return ""
+    lines = ["| Framework | Tokens/s | ms/step | Peak RSS (MiB) | One step includes |", "|---|---|---|---|---|"]
+    for name, f in frameworks.items():
+        if "error" in f:
+            lines.append(f"| {name} | – | – | – | not timed: {f['error']} |")
+        else:
+            lines.append(f"| {name} | {f['tokens_per_s']:,.0f} | {f['median_s'] * 1e3:,.0f} | {f['peak_rss_mib']:,.0f} "
+                         f"| {f['step']} |")
+    return "\n".join(lines)
+
+
 def load_results(folder: Path) -> tuple[list[dict], list[str]]:
     """The full runs in ``folder`` in :data:`ORDER`, and the names of the quick ones skipped."""
     rank = {name: i for i, name in enumerate(ORDER)}
@@ -90,7 +106,7 @@ def load_results(folder: Path) -> tuple[list[dict], list[str]]:
 def section(folder: Path) -> str:
     """The Markdown between the markers: every full run's table, or a line saying none is recorded."""
     records, skipped = load_results(folder)
-    parts = [table(r) for r in records] or [
+    parts = ["\n\n".join(filter(None, (table(r), frameworks_table(r)))) for r in records] or [
         "No benchmark run is recorded yet: run `python benchmarks/<name>.py --save` on an idle machine, "
         "then `python benchmarks/report.py`."]
     if skipped:

@@ -83,3 +83,17 @@ def test_no_results_and_bad_inputs_say_what_to_do(tmp_path, report):
     (empty / "x.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not JSON"):
         report.section(empty)
+
+
+def test_the_peers_table_lists_every_framework_with_what_its_step_includes(tmp_path, report):
+    results = tmp_path / "results"
+    write(results, "bench_peers", [fig("tokens/s, ours-topk / the fastest peer (sparsify-topk)", 0.93, ">= 1.0", False)])
+    record = json.loads((results / "bench_peers.json").read_text())
+    record["raw"] = {"frameworks": {
+        "ours-topk": {"tokens_per_s": 2761.2, "median_s": 1.4833, "peak_rss_mib": 975.4, "step": "encode, decode"},
+        "saelens-topk": {"error": "not installed: run `python benchmarks/peers/install.py`"}}}
+    (results / "bench_peers.json").write_text(json.dumps(record))
+    body = report.section(results)
+    assert "| ours-topk | 2,761 | 1,483 | 975 | encode, decode |" in body
+    assert "| saelens-topk | – | – | – | not timed: not installed: run `python benchmarks/peers/install.py` |" in body
+    assert body.index("| Figure |") < body.index("| Framework |")
