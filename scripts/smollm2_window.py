@@ -10,8 +10,9 @@ hookpoints and measures, on held-out stories, what decides whether the paper's e
   input (L_zero − L_model, the denominator of Φ);
 - what it costs: harvest throughput (tokens/s) through the window, on this machine.
 
-``python scripts/smollm2_window.py --out book/results/smollm2_window.json`` (about 15 min on an idle
-2-core CPU at the defaults). The chosen default (``FIRST_BLOCK`` of the smollm2 preset) and why are in
+``python scripts/smollm2_window.py --out book/results/smollm2_window.json`` (about 10 min per
+window on an idle 2-core CPU at the defaults: window 0 took 10.5 min, model load included, so the five
+default windows take about an hour). The chosen default (``FIRST_BLOCK`` of the smollm2 preset) and why are in
 chapter 1's SmolLM2 page, which reads this file.
 """
 

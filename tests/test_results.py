@@ -55,6 +55,8 @@ def test_readme_table_is_generated_from_committed_results():
 def test_committed_results_are_full_runs():
     for path in (ROOT / "book" / "results").glob("*.json"):
         data = json.loads(path.read_text())
+        if "chapter" not in data:  # a script's measurement beside the chapters' (scripts/smollm2_window.py)
+            continue
         assert data["fast"] is False, f"{path.name} comes from a FAST run; commit only full runs"
 
 
