@@ -220,6 +220,10 @@ def reproduction_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def run_time_summary(folder: Path) -> str:
     """One sentence under the table: the full runs' run times summed per world and over all, with the
     largest load any of them ran under (what ``make book`` spends executing pages, its build aside)."""
@@ -229,17 +233,16 @@ def run_time_summary(folder: Path) -> str:
     worlds: dict[str, list[dict[str, Any]]] = {}
     for data in runs:
         worlds.setdefault(data["world"], []).append(data)
-    def count(n: int, what: str) -> str:
-        return f"{n} {what}" + ("" if n == 1 else "s")
-
-    parts = [f"{world} {format_seconds(sum(d['run_seconds'] for d in ds))} over {count(len(ds), 'page')}"
+    parts = [f"{world} {format_seconds(sum(d['run_seconds'] for d in ds))} over {_count(len(ds), 'page')}"
              for world, ds in worlds.items()]
     loads = [max(d["load_average"]) for d in runs if d.get("load_average")]
-    load = (f"the largest load {max(loads):.1f}" + ("" if len(loads) == len(runs) else
-                                                   f", {count(len(runs) - len(loads), 'run')} with no load recorded")
-            if loads else "no load recorded")
-    return (f"These full runs took {format_seconds(sum(d['run_seconds'] for d in runs))} in all "
-            f"({'; '.join(parts)}; {load}).")
+    if not loads:
+        parts.append("no load recorded")
+    else:
+        unrecorded = len(runs) - len(loads)
+        parts.append(f"the largest load {max(loads):.1f}"
+                     + (f", {_count(unrecorded, 'run')} with no load recorded" if unrecorded else ""))
+    return f"These full runs took {format_seconds(sum(d['run_seconds'] for d in runs))} in all ({'; '.join(parts)})."
 
 
 def readme_block(folder: Path) -> str:
