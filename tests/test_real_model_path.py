@@ -174,6 +174,7 @@ def _check_03(m, out):
     assert _finite(*shares) and all(0 < s <= 1 for s in shares)
     assert _v(m["bound_sound_min"]) == 1.0
     assert _finite(_v(m["keep_at_0"]), _v(m["penalty_at_0"]), _v(m["penalty_at_top"]))
+    assert "Category purity needs word categories" in out and "skipped for DATASET" in out  # a local file has none
 
 
 def _check_04(m, out):
@@ -181,6 +182,7 @@ def _check_04(m, out):
     assert _finite(fvu, _v(m["dominant_share"])) and 0 < fvu < 1
     assert _v(m["n_clusters_interaction_precomputed"]) >= 1
     assert 0 <= _v(m["judge_offline_accuracy_interaction_precomputed"]) <= 1
+    assert "No ground truth: the word categories exist only for" in out  # a local file has no categories
 
 
 def _check_05(m, out):
