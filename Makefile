@@ -21,6 +21,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 ## embedded toy, chapters 1-5 also on SmolLM2, after the toy pages), build _build/html, regenerate the README table
 book: venv
 	$(BIN)/python -m crosscoder_lib.cli pages
+	@# Sphinx re-reads (so executes) only the pages changed since the last build: a stale build would rewrite
+	@# only their results. Every build starts clean, so every page runs and every results file is from this run.
+	rm -rf _build/html _build/jupyter_execute _build/.doctrees
 	$(BIN)/jupyter-book build . -W --keep-going
 	$(BIN)/python -m crosscoder_lib.book.results
 	@echo "The book is in _build/html/index.html"

@@ -3,7 +3,8 @@
     python benchmarks/bench_real_model.py [--threads N] [--quick] [--save]
 
 SmolLM2-135M-Instruct (``load_model("smollm2-135m")``: d_model 576, d_mlp 1536, a SiLU-gated MLP),
-the 17 hookpoints of blocks 12-15 (``paper_hookpoints(4, first_block=12)``), a crosscoder of
+the 17 hookpoints of the real-model chapters' window (``paper_hookpoints(4, first_block=REAL_FIRST_BLOCK)``,
+the smollm2 preset's ``FIRST_BLOCK``), a crosscoder of
 H = 1536 features, BatchTopK k = 20, batch 256, trained on activations harvested from the model
 (random token ids: the cost does not depend on the text). It prints, and with ``--save`` writes to
 ``benchmarks/results/bench_real_model.json``:
@@ -26,10 +27,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_crosscoder import bare_forward_ratios
+from bench_crosscoder import bare_forward_ratios, harvest_breakdown
 from machine import begin, figure, finish
 from timing import timed
 
+from crosscoder_lib.book.presets import REAL_FIRST_BLOCK
 from crosscoder_lib.crosscoder.activations import FiringTracker, SparseCodes
 from crosscoder_lib.crosscoder.model import Crosscoder, CrosscoderConfig
 from crosscoder_lib.crosscoder.training import TrainConfig
@@ -44,8 +46,8 @@ from crosscoder_lib.lm.loading import load_model
 
 LAMBDA = 1000.0
 SIZES = {
-    "full": {"model": "smollm2-135m", "first_block": 12, "harvest_tokens": (16, 128), "n_features": 1536, "k": 20,
-             "batch": 256, "repeats": 5, "gemm_n": 2048},
+    "full": {"model": "smollm2-135m", "first_block": REAL_FIRST_BLOCK, "harvest_tokens": (16, 128),
+             "n_features": 1536, "k": 20, "batch": 256, "repeats": 5, "gemm_n": 2048},
     "quick": {"model": None, "first_block": 0, "harvest_tokens": (2, 16), "n_features": 64, "k": 4, "batch": 32,
               "repeats": 1, "gemm_n": 256},
 }
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stop = "the whole model" if h["stop_at_layer"] is None else f"stopped before block {h['stop_at_layer']}"
     print(f"1. harvest, {n_seq}x{n_tok} tokens: {h['harvest_tokens_per_s']:,.0f} tokens/s; over a bare forward of "
           f"{stop}: {h['harvest_over_bare']:5.2f}   (target >= 0.9)")
+    print(f"   {harvest_breakdown(h)}")
     print(f"2. training step: unpenalised {t['plain'] * 1e3:.1f} ms ({b / t['plain']:,.0f} tokens/s), penalised "
           f"(λ = {LAMBDA:g}) {t['penalised'] * 1e3:.1f} ms; penalised / unpenalised "
           f"{t['penalised'] / t['plain']:5.2f}x")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"gradient, {t['floor'] * 1e3:.1f} ms): {t['penalty'] / t['floor']:5.2f}x")
     figures = [
         figure(f"harvest / bare forward ({m['model']}, blocks {sizes['first_block']}-{sizes['first_block'] + 3})",
-               h["harvest_over_bare"], ">= 0.9", better="higher", bound=0.9),
+               h["harvest_over_bare"], ">= 0.9", better="higher", bound=0.9, note=harvest_breakdown(h)),
         figure(f"training step, tokens/s (unpenalised, batch {b})", b / t["plain"], unit=" tokens/s"),
         figure(f"penalised / unpenalised step (batch {b})", t["penalised"] / t["plain"]),
         figure("penalty fwd+bwd / its floor (the gated MLP's input products)", t["penalty"] / t["floor"]),

@@ -4,7 +4,8 @@ Every benchmark script saves ``benchmarks/results/<name>.json`` (``--save``) hol
 
 - ``machine``: CPU model, logical cores, the threads PyTorch uses, torch and Python versions, the
   load average when the run started, and the plain GEMM rate measured in this very run (fp32 and
-  bf16, 2048³): timings from another run, or another load, would not be comparable;
+  bf16, 2048³; bf16 smaller where it is too slow to time at that size, ``gemm_bf16_n``): timings
+  from another run, or another load, would not be comparable;
 - ``figures``: the headline numbers, each with its target (:func:`figure`), which
   ``benchmarks/report.py`` turns into the README's performance section;
 - whatever raw numbers the script measured besides.
@@ -65,6 +66,33 @@ def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+def copy_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """Median memory bandwidth of one large tensor copy, GB/s of bytes read plus written: the rate
+    that bounds the memory-bound parts of a step (the sparse decoder's gathers and scatters)."""
+    src = torch.ones(mib << 18)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        dst.copy_(src)
+        if i:
+            times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+
+
+def gemm_size_within(dtype: torch.dtype, n: int, budget_s: float = 10.0, device: str = "cpu") -> int:
+    """The largest power-of-two GEMM size up to ``n`` whose measurement (warm-up and 5 repeats) fits
+    in about ``budget_s``, judged from one 256³ product. A CPU without bf16 hardware multiplies bf16
+    at under 1 GFLOP/s, so the 2048³ measurement alone took 6 minutes of every script."""
+    a = torch.randn(256, 256, device=device).to(dtype)
+    t = time.perf_counter()
+    a @ a
+    rate = 2 * 256 ** 3 / max(time.perf_counter() - t, 1e-9)
+    while n > 256 and 6 * 2 * n ** 3 / rate > budget_s:
+        n //= 2
+    return n
+
+
 def describe(device: str = "cpu", gemm_n: int = 2048) -> dict:
     """This machine, with its GEMM rate measured now (module docstring); ``gemm_n``: the GEMM's size
     (the ``--quick`` smoke runs take a small one, whose rate is below the machine's)."""
@@ -75,8 +103,10 @@ def describe(device: str = "cpu", gemm_n: int = 2048) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "gemm_n": gemm_n,
         "gemm_fp32_gflops": gemm_gflops(torch.float32, gemm_n),
-        "gemm_bf16_gflops": gemm_gflops(torch.bfloat16, gemm_n),
     }
+    info["copy_gbs"] = copy_gbs(256 if gemm_n >= 1024 else 16)
+    bf16_n = gemm_size_within(torch.bfloat16, gemm_n)
+    info |= {"gemm_bf16_n": bf16_n, "gemm_bf16_gflops": gemm_gflops(torch.bfloat16, bf16_n)}
     if device.startswith("cuda") and torch.cuda.is_available():
         info |= {"gpu": torch.cuda.get_device_name(), "gpu_gemm_fp32_gflops": gemm_gflops(device=device),
                  "gpu_gemm_bf16_gflops": gemm_gflops(torch.bfloat16, 8192, device=device)}
@@ -99,9 +129,18 @@ def machine_line(info: dict) -> str:
     """One line naming the machine and its measured GEMM rate."""
     return (f"{info['cpu_model']} ({', '.join(info.get('cpu_flags', [])) or 'no flags read'}), "
             f"{info['torch_threads']} threads of {info['logical_cores']}, torch {info['torch']}; "
-            f"GEMM {info['gemm_fp32_gflops']:.0f} GFLOP/s fp32, {info['gemm_bf16_gflops']:.0f} bf16 "
-            f"({info.get('gemm_n', 2048)}³, measured in this run); load average "
+            f"GEMM {info['gemm_fp32_gflops']:.0f} GFLOP/s fp32, {info['gemm_bf16_gflops']:.{_digits(info['gemm_bf16_gflops'])}f} "
+            f"bf16 ({_sizes(info)}, measured in this run); load average "
             f"{info['load_average_at_start']:.1f} at start")
+
+
+def _digits(gflops: float) -> int:
+    return 0 if gflops >= 10 else 2  # a bf16 rate under 1 GFLOP/s would print as 0
+
+
+def _sizes(info: dict) -> str:
+    n, n_bf16 = info.get("gemm_n", 2048), info.get("gemm_bf16_n", info.get("gemm_n", 2048))
+    return f"{n}³" if n == n_bf16 else f"{n}³ fp32, {n_bf16}³ bf16"
 
 
 def figure(name: str, value: float | None, target: str | None = None, *, unit: str = "x",

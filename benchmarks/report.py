@@ -44,24 +44,31 @@ def format_value(f: dict) -> str:
     return f"{f['value']:,.0f}{unit}" if abs(f["value"]) >= 1000 else f"{f['value']:.3g}{unit}"
 
 
+def _rate(gflops: float) -> str:
+    return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2f}"  # no bf16 hardware: well under 1 GFLOP/s
+
+
 def machine_sentence(m: dict) -> str:
     """The machine a results file was measured on, with the GEMM rate of that same run."""
     load = m.get("load_average_at_start")
     gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
     return (f"{m['cpu_model']}, {m['torch_threads']} threads of {m['logical_cores']}, torch {m['torch']}; "
-            f"plain GEMM in this run: {m['gemm_fp32_gflops']:.0f} GFLOP/s fp32, {m['gemm_bf16_gflops']:.0f} bf16"
+            f"plain GEMM in this run: {m['gemm_fp32_gflops']:.0f} GFLOP/s fp32, {_rate(m['gemm_bf16_gflops'])} bf16"
             f"{gpu}; load average {'?' if load is None else f'{load:.1f}'} at start; "
             f"{m.get('date', 'date not recorded')}")
 
 
 def table(record: dict) -> str:
-    """One results file as a heading, its machine, and a figure | value | target | met table."""
+    """One results file as a heading, its machine, and a figure | value | target | met table (a missed
+    target's cell also gives the cause the script measured, its figure's note)."""
     name = record["benchmark"]
     lines = [f"### {TITLES.get(name, name)}", "",
              f"`python benchmarks/{name}.py --save` on {machine_sentence(record['machine'])}.", "",
              "| Figure | Value | Target | Met |", "|---|---|---|---|"]
     for f in record["figures"]:
         met = {True: "yes", False: "**no**", None: "–"}[f.get("ok")]
+        if f.get("ok") is False and f.get("note"):
+            met += f": {f['note']}"  # the measured cause of the gap, from the same run
         lines.append(f"| {f['name']} | {format_value(f)} | {f.get('target') or '–'} | {met} |")
     return "\n".join(lines)
 

@@ -12,8 +12,10 @@ hookpoints and measures, on held-out stories, what decides whether the paper's e
 
 ``python scripts/smollm2_window.py --out book/results/smollm2_window.json`` (about 10 min per
 window on an idle 2-core CPU at the defaults: window 0 took 10.5 min, model load included, so the five
-default windows take about an hour). The chosen default (``FIRST_BLOCK`` of the smollm2 preset) and why are in
-chapter 1's SmolLM2 page, which reads this file.
+default windows take about an hour; each window's row records its phases' seconds). The file is
+rewritten after every window, and a re-run with the same parameters keeps the windows it holds and
+measures only the missing ones. The chosen default (``FIRST_BLOCK`` of the smollm2 preset) and why
+are in chapter 1's SmolLM2 page, which reads this file.
 """
 
 from __future__ import annotations
@@ -34,22 +36,28 @@ from crosscoder_lib import (CrosscoderConfig, MLPInteractions, RunOptions, Train
 def measure_window(model, mlp, first_block: int, args) -> dict:
     hookpoints = paper_hookpoints(4, first_block=first_block)
     texts = load_texts("smollm2-stories", "train", args.n_texts)
-    t0 = time.perf_counter()
+    seconds, t0 = {}, time.perf_counter()
     train_set = harvest_positions(model, texts, hookpoints, args.n_tokens, context_len=args.context_len,
                                   batch_size=16, seed=0, pack=False)
-    harvest_s = time.perf_counter() - t0
+    harvest_s = seconds["harvest"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     held = load_texts("smollm2-stories", "heldout", args.n_texts // 4)
     test_set = harvest_positions(model, held, hookpoints, args.n_test_tokens, context_len=args.context_len,
                                  batch_size=16, seed=1, pack=False)
+    seconds["harvest_heldout"] = time.perf_counter() - t0
     cfg = CrosscoderConfig(hookpoints=hookpoints, d_model=model.cfg.d_model, n_features=args.n_features, k=20,
                            dead_steps=max(10, args.steps // 6), init_seed=0)
+    t0 = time.perf_counter()
     cc = train(TrainConfig(n_steps=args.steps, batch_size=256, lr=2e-3, seed=0), train_set.acts_BXD, crosscoder=cfg,
                options=RunOptions(progress=False)).crosscoder.eval()
+    seconds["train"], t0 = time.perf_counter() - t0, time.perf_counter()
     with torch.no_grad():
         share = float(MLPInteractions.of(cc, mlp).dominant_share(cc.encode(test_set.acts_BXD)))
     fvu = evaluate_reconstruction(cc, test_set.acts_BXD).fvu
     batches = token_batches(held, model.tokenizer, batch_size=8, context_len=args.context_len, seed=2, pack=False)
+    seconds["share_fvu"], t0 = time.perf_counter() - t0, time.perf_counter()
     results = ablation_fidelity(model, cc, mlp, batches, max_batches=args.ablation_batches, progress=False)
+    seconds["ablation"] = time.perf_counter() - t0
     per_block = {}
     for r in results:
         per_block.setdefault(r.block, []).append(r)
@@ -59,7 +67,8 @@ def measure_window(model, mlp, first_block: int, args) -> dict:
     return {"first_block": first_block, "harvest_tokens_per_s": args.n_tokens / harvest_s, "fvu": fvu,
             "dominant_share": share, "blocks": blocks,
             "keep_largest": float(np.mean([v["keep_largest"] for v in blocks.values()])),
-            "zero_minus_model": float(np.mean([v["zero_minus_model"] for v in blocks.values()]))}
+            "zero_minus_model": float(np.mean([v["zero_minus_model"] for v in blocks.values()])),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
 def main() -> None:
@@ -74,16 +83,38 @@ def main() -> None:
     p.add_argument("--context-len", type=int, default=128)
     p.add_argument("--ablation-batches", type=int, default=1)
     args = p.parse_args()
+    params = vars(args) | {"out": str(args.out)}
+    done, spent = _finished_windows(args.out, params)
     model = load_model("smollm2-135m")
     mlp = mlp_weights(model)
     started = time.perf_counter()
-    rows = []
+    rows = list(done.values())
     for b in args.windows:
+        if b in done:
+            print(f"window {b}: already in {args.out}, kept", flush=True)
+            continue
         rows.append(measure_window(model, mlp, b, args))
         print(json.dumps(rows[-1]), flush=True)
-    out = {"windows": rows, "params": vars(args) | {"out": str(args.out)}, "device": describe_device("cpu"),
-           "threads": torch.get_num_threads(), "run_seconds": round(time.perf_counter() - started, 1)}
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+        # after every window, so an interrupted run keeps what it measured and resumes at the next one
+        out = {"windows": sorted(rows, key=lambda r: r["first_block"]), "params": params,
+               "device": describe_device("cpu"), "threads": torch.get_num_threads(),
+               "run_seconds": round(spent + time.perf_counter() - started, 1)}
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(args.out)
+
+
+def _finished_windows(path: Path, params: dict) -> tuple[dict[int, dict], float]:
+    """Windows already measured in ``path`` with the same parameters, and the seconds they took."""
+    if not path.is_file():
+        return {}, 0.0
+    old = json.loads(path.read_text())
+    same = {k: v for k, v in old.get("params", {}).items() if k != "windows"} == \
+        {k: v for k, v in params.items() if k != "windows"}
+    if not same:
+        raise SystemExit(f"{path} holds windows measured with other parameters ({old.get('params')}); "
+                         f"move it away or pass the same parameters to resume it")
+    return {r["first_block"]: r for r in old["windows"]}, float(old.get("run_seconds", 0.0))
 
 
 if __name__ == "__main__":

@@ -83,3 +83,8 @@ def test_unpacked_windows_hold_one_document_each():
         ids = tok(doc, add_special_tokens=False)["input_ids"]
         assert w.tolist() == [tok.bos_token_id] + ids[:15]
         assert tok.eos_token_id not in w.tolist()[1:]
+
+
+def test_a_partial_corpus_says_so():
+    text = stories.corpus_provenance({"partial": "the first 18 of 57 shards", "stories": 1148})
+    assert "partial" in text and "1148 stories" in text and stories.REGENERATE in text

@@ -1,12 +1,13 @@
 """Time one framework's SAE training step in this process; print the result as JSON (last line).
 
     python benchmarks/peers/run_one.py FRAMEWORK --d-in 768 --n-latents 12288 --k 32 --batch 4096 \
-        --steps 5 --warmup 2 --threads 2
+        --steps 5 --warmup 2 --threads 2 [--profile]
 
 ``bench_peers.py`` starts this once per framework and round, with the project's interpreter for
 ours and the peers' venv (``install.py``) for the others; it imports only the framework it times.
 Every framework trains on the same random activations (4 batches of a fixed seed, cycled), in
 float32, on the CPU. What each step includes is in :data:`STEPS` (and printed with the result).
+``--profile`` prints instead where a step's time goes, op by op (torch.profiler, self CPU time per step).
 """
 
 from __future__ import annotations
@@ -154,16 +155,43 @@ def measure(framework: str, d_in: int, n_latents: int, k: int, batch: int, steps
             "threads": torch.get_num_threads()}
 
 
+def profile(framework: str, d_in: int, n_latents: int, k: int, batch: int, steps: int, warmup: int,
+            top: int = 15) -> dict:
+    """Where a step's time goes: torch.profiler's ops by self CPU time, per step, after ``warmup``
+    (the profiler adds overhead, so these are shares, not the step's time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    name, activation = framework.split("-")
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(batch, d_in, generator=g) for _ in range(4)]
+    step = BUILDERS[name](activation, d_in, n_latents, k, batch)
+    for i in range(warmup):
+        step(data[i % len(data)])
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(data[(warmup + i) % len(data)])
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return {"framework": framework, "profiled_steps": steps, "self_ms_per_step_total": total / 1e3 / steps,
+            "ops": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps, "calls_per_step":
+                     e.count / steps} for e in ops[:top]]}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("framework", choices=sorted(STEPS))
     for flag, default in (("--d-in", 768), ("--n-latents", 16 * 768), ("--k", 32), ("--batch", 4096),
                           ("--steps", 5), ("--warmup", 2), ("--threads", 0)):
         ap.add_argument(flag, type=int, default=default)
+    ap.add_argument("--profile", action="store_true", help="print where the step's time goes, by op, instead")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(json.dumps(measure(a.framework, a.d_in, a.n_latents, a.k, a.batch, a.steps, a.warmup)))
+    run = profile if a.profile else measure
+    if a.framework not in STEPS:
+        raise SystemExit(f"unknown framework {a.framework!r}; choose one of {', '.join(STEPS)}")
+    print(json.dumps(run(a.framework, a.d_in, a.n_latents, a.k, a.batch, a.steps, a.warmup)))
 
 
 if __name__ == "__main__":

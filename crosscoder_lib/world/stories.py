@@ -121,6 +121,28 @@ def corpus_header(path: str | Path = CORPUS_FILE) -> dict:
     return _records(str(path))[0]
 
 
+def corpus_provenance(header: dict) -> str:
+    """A paragraph of Markdown for the book, from a corpus header (:func:`corpus_header`): what wrote the
+    stories and how, their size, what writing them cost, their licence and how to regenerate them."""
+    if "partial" in header:
+        return (f"**The text** is a partial corpus ({header['partial']}: {header['stories']} stories); "
+                f"regenerate the whole one with `{REGENERATE}`.")
+    samp = header["sampling"]
+    lo, med, hi = header.get("shard_seconds", (None,) * 3)
+    cost = (f" A shard of {header.get('shard', 64)} requests took {lo:.0f}–{hi:.0f} s (median {med:.0f} s) on one "
+            "thread; the spread is the machine's load, since the shards were written over several sessions."
+            if lo is not None else "")
+    return (f"**The text.** {header['stories']:,} short stories ({header['story_tokens']:,} tokens) that "
+            f"{header['model']} wrote itself, one per TinyStories-style request: three words from the toy's "
+            f"categories and an optional story feature (dialogue, a twist, …), sampled at temperature "
+            f"{samp['temperature']}, top-p {samp['top_p']}, seed {header['seed']}; every tenth story is held out. "
+            f"Writing them took {header['generation_seconds'] / 3600:.1f} CPU-thread hours ({header['processes']} "
+            f"processes of one thread).{cost} The model is Apache-2.0; its stories are shipped with this project "
+            f"under its MIT licence (`crosscoder_lib/assets/corpora/`), and `{header['command']}` regenerates "
+            "them. A 135M-parameter model writes simple, sometimes repetitive stories: real English, not good "
+            "English.")
+
+
 def stories(split: str, n: int | None = None, path: str | Path = CORPUS_FILE) -> list[str]:
     """Records (:func:`instruct_text`) of the shipped corpus: ``"train"`` or ``"heldout"`` (every
     :data:`HELDOUT_EVERY`-th), in file order, at most ``n``."""
