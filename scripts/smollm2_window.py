@@ -10,9 +10,9 @@ hookpoints and measures, on held-out stories, what decides whether the paper's e
   input (L_zero − L_model, the denominator of Φ);
 - what it costs: harvest throughput (tokens/s) through the window, on this machine.
 
-``python scripts/smollm2_window.py --out book/results/smollm2_window.json`` (about 10 min per
-window on an idle 2-core CPU at the defaults: window 0 took 10.5 min, model load included, so the five
-default windows take about an hour; each window's row records its phases' seconds). The file is
+``python scripts/smollm2_window.py --out book/results/smollm2_window.json`` (the five default windows
+took 26.8 min on an idle 2-core CPU, 5-6.5 min each; each window's row records its phases' seconds:
+training and the one-batch ablation take most of it). The file is
 rewritten after every window, and a re-run with the same parameters keeps the windows it holds and
 measures only the missing ones. The chosen default (``FIRST_BLOCK`` of the smollm2 preset) and why
 are in chapter 1's SmolLM2 page, which reads this file.

@@ -135,15 +135,20 @@ def status_mib(field: str) -> float:
     return float("nan")
 
 
-def measure(framework: str, d_in: int, n_latents: int, k: int, batch: int, steps: int, warmup: int) -> dict:
-    """Median seconds of ``steps`` steps after ``warmup``, and the peak resident set."""
+def setup(framework: str, d_in: int, n_latents: int, k: int, batch: int) -> tuple[Callable, list[torch.Tensor]]:
+    """``framework``'s step and the activations every framework trains on (4 batches of a fixed seed)."""
     if framework not in STEPS:
         raise SystemExit(f"unknown framework {framework!r}; choose one of {', '.join(STEPS)}")
     name, activation = framework.split("-")
     g = torch.Generator().manual_seed(0)
     data = [torch.randn(batch, d_in, generator=g) for _ in range(4)]
+    return BUILDERS[name](activation, d_in, n_latents, k, batch), data
+
+
+def measure(framework: str, d_in: int, n_latents: int, k: int, batch: int, steps: int, warmup: int) -> dict:
+    """Median seconds of ``steps`` steps after ``warmup``, and the peak resident set."""
     base = status_mib("VmRSS")
-    step = BUILDERS[name](activation, d_in, n_latents, k, batch)
+    step, data = setup(framework, d_in, n_latents, k, batch)
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
@@ -162,10 +167,7 @@ def profile(framework: str, d_in: int, n_latents: int, k: int, batch: int, steps
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    name, activation = framework.split("-")
-    g = torch.Generator().manual_seed(0)
-    data = [torch.randn(batch, d_in, generator=g) for _ in range(4)]
-    step = BUILDERS[name](activation, d_in, n_latents, k, batch)
+    step, data = setup(framework, d_in, n_latents, k, batch)
     for i in range(warmup):
         step(data[i % len(data)])
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -189,8 +191,6 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     run = profile if a.profile else measure
-    if a.framework not in STEPS:
-        raise SystemExit(f"unknown framework {a.framework!r}; choose one of {', '.join(STEPS)}")
     print(json.dumps(run(a.framework, a.d_in, a.n_latents, a.k, a.batch, a.steps, a.warmup)))
 
 

